@@ -1,0 +1,306 @@
+"""One HTTP call wrapped by one tenacity policy (the shape of dlt's rest_client).
+
+``ApiClient.get_page(page)`` returns the page exactly as received, or raises:
+
+- ``ApiError`` at once for 401/403/404 and any other 4xx but 408/429 (retrying cannot
+  help, and hammering an API with a bad key gets keys revoked);
+- ``ApiError`` naming the page after ``attempts`` tries of a transient failure: 429, 5xx,
+  408, connection errors, timeouts, a truncated body, or a 200 whose body is not a JSON
+  page (``{"data": [...]}``).
+
+Waits are exponential with jitter, capped; a ``Retry-After`` header (seconds or an HTTP
+date) is honoured as a lower bound, clamped to ``retry_after_max``, so ``Retry-After: 0``
+still waits the backoff and never becomes a hot loop. Every request has a timeout.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+
+from .errors import ApiError
+from .redact import redact
+
+API_KEY_HEADER = "x-api-key"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one page before giving up on the run."""
+
+    attempts: int = 6
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass
+class Page:
+    """A page as received: the bytes are landed unchanged, ``payload`` is their parse."""
+
+    page: int
+    url: str
+    status: int
+    body: str
+    payload: dict
+    fetched_at: datetime
+    attempts: int
+    elapsed: float
+
+    @property
+    def records(self) -> list:
+        data = self.payload.get("data")
+        return data if isinstance(data, list) else []
+
+
+class TransientError(Exception):
+    """A failure worth retrying; ``retry_after`` is the server's requested wait, if any."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ApiSession(requests.Session):
+    """A Session that never forwards the API key to another host on a redirect.
+
+    requests strips ``Authorization`` on a cross-host redirect but knows nothing of
+    ``x-api-key``; this extends the same rule to it.
+    """
+
+    def rebuild_auth(self, prepared_request, response):
+        super().rebuild_auth(prepared_request, response)
+        if API_KEY_HEADER in prepared_request.headers and self.should_strip_auth(
+            response.request.url, prepared_request.url
+        ):
+            del prepared_request.headers[API_KEY_HEADER]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter in its upper half, capped."""
+    base = min(policy.backoff_max, policy.backoff_initial * (2 ** max(0, attempt - 1)))
+    jitter = (rng or random).uniform(0.5, 1.0)
+    return base * jitter
+
+
+def validate_page_body(text: str) -> dict:
+    """Parse a 200's body; anything but a JSON object with a ``data`` list (or null) is transient."""
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise TransientError(f"the body is not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})")
+    if not isinstance(payload, dict):
+        raise TransientError("the body is JSON but not an object")
+    if "data" not in payload:
+        raise TransientError("the body has no 'data' key")
+    if payload["data"] is not None and not isinstance(payload["data"], list):
+        raise TransientError("the body's 'data' is not a list")
+    return payload
+
+
+@dataclass
+class ClientStats:
+    """Counters shared by every worker; read by the progress line and the runs table."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, requests_: int = 0, retries: int = 0, throttled: int = 0) -> None:
+        with self.lock:
+            self.requests += requests_
+            self.retries += retries
+            self.throttled += throttled
+
+
+class ApiClient:
+    """Fetch pages of ``{base_url}/users``; one pooled session per thread."""
+
+    def __init__(
+        self,
+        base_url: str,
+        per_page: int,
+        api_key: str | None = None,
+        policy: RetryPolicy | None = None,
+        throttle=None,
+        sleep: Callable[[float], None] = time.sleep,
+        stats: ClientStats | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.per_page = per_page
+        self._api_key = api_key
+        self.policy = policy or RetryPolicy()
+        self.throttle = throttle
+        self.sleep = sleep
+        self.stats = stats or ClientStats()
+        self._local = threading.local()
+        self._sessions: list[ApiSession] = []
+        self._sessions_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _session(self) -> ApiSession:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = ApiSession()
+            session.headers["Accept"] = "application/json"
+            session.headers["User-Agent"] = "customer-pipeline/0.1"
+            if self._api_key:
+                session.headers[API_KEY_HEADER] = self._api_key
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def page_url(self, page: int) -> str:
+        return f"{self.base_url}/users?page={page}&per_page={self.per_page}"
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._api_key)
+
+    # -- one attempt --------------------------------------------------------------------
+
+    def _attempt(self, page: int) -> Page:
+        url = self.page_url(page)
+        if self.throttle is not None:
+            self.throttle.acquire()
+        started = time.monotonic()
+        ok = False
+        try:
+            self.stats.add(requests_=1)
+            try:
+                response = self._session().get(
+                    url, timeout=(self.policy.connect_timeout, self.policy.read_timeout)
+                )
+                body = response.text  # reads the whole body: a truncated one raises here
+            except requests.exceptions.Timeout as exc:
+                raise TransientError(f"timed out ({exc.__class__.__name__})")
+            except requests.exceptions.ConnectionError as exc:
+                raise TransientError(f"could not connect ({self._short(exc)})")
+            except requests.exceptions.ChunkedEncodingError as exc:
+                raise TransientError(f"the body was cut off ({self._short(exc)})")
+            except requests.exceptions.ContentDecodingError as exc:
+                raise TransientError(f"the body could not be decoded ({self._short(exc)})")
+            status = response.status_code
+            if status == 429 or status == 408 or status >= 500:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if status == 429:
+                    self.stats.add(throttled=1)
+                    if self.throttle is not None:
+                        self.throttle.on_throttled(retry_after)
+                raise TransientError(f"HTTP {status}", status=status, retry_after=retry_after)
+            if status >= 400:
+                raise ApiError(self._fatal_message(page, status, response))
+            if status != 200:
+                raise TransientError(f"unexpected HTTP {status}", status=status)
+            payload = validate_page_body(body)
+            ok = True
+            return Page(
+                page=page,
+                url=self._redact(url),
+                status=status,
+                body=body,
+                payload=payload,
+                fetched_at=datetime.now(timezone.utc),
+                attempts=1,
+                elapsed=time.monotonic() - started,
+            )
+        finally:
+            if self.throttle is not None:
+                self.throttle.release(ok)
+
+    @staticmethod
+    def _short(exc: Exception) -> str:
+        text = str(exc) or exc.__class__.__name__
+        return text if len(text) <= 160 else text[:157] + "..."
+
+    def _fatal_message(self, page: int, status: int, response) -> str:
+        hints = {
+            401: "the API key is missing or wrong (set PIPELINE_API_KEY or --api-key)",
+            403: "the API key is not allowed to read this resource",
+            404: "no such endpoint: check --base-url (it should end in /api for reqres.in)",
+        }
+        hint = hints.get(status, (response.reason or "client error").lower())
+        return f"page {page}: the API answered HTTP {status} for {self._redact(self.page_url(page))}: {hint}"
+
+    # -- the retried call ------------------------------------------------------------------
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        backoff = backoff_seconds(retry_state.attempt_number, self.policy)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self.policy.retry_after_max))
+        return backoff
+
+    def get_page(self, page: int) -> Page:
+        """Fetch one page, retrying transient failures; raise ApiError naming the page."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=lambda state: self.stats.add(retries=1),
+            reraise=True,
+        )
+        try:
+            result = retrying(self._attempt, page)
+        except TransientError as exc:
+            raise ApiError(self._give_up_message(page, exc)) from None
+        result.attempts = retrying.statistics.get("attempt_number", 1)
+        return result
+
+    def _give_up_message(self, page: int, exc: TransientError) -> str:
+        message = (
+            f"page {page}: gave up after {self.policy.attempts} attempts, last: {exc.reason} "
+            f"({self._redact(self.page_url(page))})"
+        )
+        if exc.status is None and "could not connect" in exc.reason:
+            host = urlsplit(self.base_url).hostname or self.base_url
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                message += f"; {host} cannot be reached from here: check the network, or try --demo"
+        return self._redact(message)

@@ -1,0 +1,38 @@
+"""The failures the pipeline expects, each one clear line for the user.
+
+Anything raised as a ``PipelineError`` is printed by the CLI as ``error: <message>``
+with a non-zero exit and no traceback; anything else is a bug and keeps its traceback
+behind ``--debug``.
+"""
+
+
+class PipelineError(Exception):
+    """An expected failure: bad input, a failing API, a locked warehouse, a failed test."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """A flag or environment variable with a value the pipeline cannot use."""
+
+    exit_code = 2
+
+
+class ApiError(PipelineError):
+    """The API refused or kept failing; the message names the page and the status."""
+
+
+class WarehouseError(PipelineError):
+    """The warehouse file is locked, damaged, or not a DuckDB database."""
+
+
+class ModelError(PipelineError):
+    """A model could not be rendered or built (names the model file)."""
+
+
+class DataTestError(PipelineError):
+    """One or more data tests returned rows; nothing was published."""
+
+
+class RunLockedError(PipelineError):
+    """Another run holds the warehouse's run lock."""

@@ -1,0 +1,222 @@
+"""Paging and landing a run: page 1 first, then the rest concurrently, landed as they arrive.
+
+The plan is small and explicit (``PagePlan``): page 1 says how many pages there are; the
+remaining ones are fetched by a bounded pool that shares one ``Throttle``; every finished
+page is buffered and landed in bulk by this (the only DuckDB) thread. What was landed
+stays landed when a later page fails, so ``--resume`` fetches only what is missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+
+from .client import ApiClient, Page
+from .errors import ApiError
+from .land import land_pages, landed_first_page, landed_pages
+
+log = logging.getLogger("pipeline.extract")
+
+MAX_PAGES = 1_000_000  # a hard stop for APIs that never end
+
+
+def total_pages_of(payload: dict) -> int | None:
+    """``total_pages`` when it is a usable whole number, else None (the caller says why)."""
+    value = payload.get("total_pages")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def total_of(payload: dict) -> int | None:
+    value = payload.get("total")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+@dataclass
+class ExtractResult:
+    pages_expected: int | None = None
+    pages_landed: int = 0
+    records_landed: int = 0
+    reported_total: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning(message)
+
+
+class Lander:
+    """Buffers fetched pages and lands them in bulk: every ``batch`` pages or ``seconds``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: int, result: ExtractResult,
+                 batch: int = 200, seconds: float = 0.5):
+        self.con, self.run_id, self.result = con, run_id, result
+        self.batch, self.seconds = batch, seconds
+        self.buffer: list[Page] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, page: Page) -> None:
+        self.buffer.append(page)
+        if len(self.buffer) >= self.batch or time.monotonic() - self.last_flush >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            land_pages(self.con, self.run_id, self.buffer)
+            self.result.pages_landed += len(self.buffer)
+            self.result.records_landed += sum(len(p.records) for p in self.buffer)
+            self.buffer = []
+        self.last_flush = time.monotonic()
+
+
+def extract_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    client: ApiClient,
+    concurrency: int,
+    progress=None,
+) -> ExtractResult:
+    """Fetch every page of the source into ``raw.api_pages`` for ``run_id``.
+
+    Pages this run already landed (a resumed run) are not fetched again.
+    """
+    result = ExtractResult()
+    already = landed_pages(con, run_id)
+    result.pages_landed = len(already)
+    result.records_landed = sum(already.values())
+    lander = Lander(con, run_id, result)
+
+    first_body = landed_first_page(con, run_id)
+    if first_body is not None:
+        first = json.loads(first_body)
+    else:
+        page1 = client.get_page(1)
+        lander.add(page1)
+        lander.flush()
+        first = page1.payload
+        already[1] = len(page1.records)
+
+    result.reported_total = total_of(first)
+    total_pages = total_pages_of(first)
+    first_records = first.get("data") or []
+    if progress:
+        progress.update(result, total_pages)
+
+    if not first_records:
+        if total_pages and total_pages > 1:
+            result.warn(f"page 1 is empty although the API reports {total_pages} pages; stopping there")
+        result.pages_expected = 1
+        return result
+
+    if total_pages is None:
+        result.warn(
+            f"page 1 has no usable total_pages ({first.get('total_pages')!r}); "
+            "paging one by one until an empty, short or repeated page"
+        )
+        _extract_sequential(client, lander, result, already, first_records, progress)
+        return result
+
+    result.pages_expected = total_pages
+    _extract_concurrent(client, lander, result, already, total_pages, concurrency, progress)
+    return result
+
+
+def _extract_sequential(client, lander, result, already, first_records, progress) -> None:
+    previous = first_records
+    page_no = 1
+    try:
+        while True:
+            page_no += 1
+            if page_no > MAX_PAGES:
+                raise ApiError(f"the API is still returning data after {MAX_PAGES} pages; giving up")
+            if page_no in already:
+                continue
+            page = client.get_page(page_no)
+            records = page.records
+            if not records:
+                lander.add(page)
+                break
+            if records == previous:
+                result.warn(f"page {page_no} repeats page {page_no - 1}; treating it as the end")
+                break
+            lander.add(page)
+            previous = records
+            if progress:
+                progress.update(result, None, pending=len(lander.buffer))
+            if len(records) < client.per_page:
+                break
+        result.pages_expected = page_no
+    finally:
+        lander.flush()
+
+
+def _extract_concurrent(client, lander, result, already, total_pages, concurrency, progress) -> None:
+    planned = total_pages
+    pool = futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+    pending: dict[futures.Future, int] = {}
+
+    def submit(first: int, last: int) -> None:
+        for number in range(first, last + 1):
+            if number not in already:
+                pending[pool.submit(client.get_page, number)] = number
+
+    empty_seen: int | None = None
+    try:
+        submit(2, total_pages)
+        while pending:
+            done, _ = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                del pending[future]
+                page = future.result()  # an ApiError here fails the run (after the flush below)
+                lander.add(page)
+                reported = total_pages_of(page.payload)
+                if reported is not None and reported > planned:
+                    if reported > MAX_PAGES:
+                        raise ApiError(f"page {page.page} reports {reported} pages; more than the {MAX_PAGES} allowed")
+                    result.warn(
+                        f"total_pages grew from {planned} to {reported} during the run (page {page.page}); "
+                        "fetching the new pages too"
+                    )
+                    submit(planned + 1, reported)
+                    planned = reported
+                    result.pages_expected = planned
+                elif reported is not None and reported < total_pages:
+                    result.warn(
+                        f"total_pages shrank from {total_pages} to {reported} during the run (page {page.page})"
+                    )
+                if not page.records and page.page <= planned and empty_seen is None:
+                    empty_seen = page.page
+                    result.warn(
+                        f"page {page.page} of {planned} is empty: the API holds fewer records than it reported"
+                    )
+            if progress:
+                progress.update(result, planned, pending=len(lander.buffer))
+            if not done:
+                lander.flush() if time.monotonic() - lander.last_flush >= lander.seconds else None
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        # land what did arrive: a resumed run will not fetch it again
+        for future in list(pending):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                lander.add(future.result())
+        lander.flush()
+        raise
+    pool.shutdown(wait=True)
+    lander.flush()
+    if progress:
+        progress.update(result, planned)

@@ -1,0 +1,45 @@
+"""Keep the API key out of every line the pipeline prints, logs or stores."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Replace each secret (of 4+ characters; shorter ones would mask ordinary text) with ***."""
+    if not text:
+        return text
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def strip_userinfo(url: str) -> str:
+    """Drop ``user:password@`` from a URL before it is shown or stored."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks the secrets in every record's final message."""
+
+    def __init__(self, *secrets: str | None):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = redact(record.getMessage(), *self.secrets)
+            record.msg, record.args = message, None
+        return True

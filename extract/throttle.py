@@ -1,0 +1,99 @@
+"""One gate in front of every request of a run, shared by all workers.
+
+It holds three rules at once, so the pool behaves as one polite client:
+
+- **in flight**: at most ``limit`` requests at a time. ``limit`` starts at
+  ``--concurrency``, halves on a 429 (at most once per pause, so one burst of 429s is one
+  congestion event) and grows back by one after ``recover_after`` successes in a row
+  (AIMD, as TCP does);
+- **pause**: a 429's ``Retry-After`` (or the backoff when it has none) pauses *every*
+  worker until it has passed, instead of each worker retrying on its own schedule;
+- **rate**: with ``max_requests`` per ``window`` seconds, a sliding log of send times
+  guarantees no window of that length ever holds more than ``max_requests`` sends
+  (retries included).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable
+
+
+class Throttle:
+    def __init__(
+        self,
+        concurrency: int,
+        max_requests: int | None = None,
+        window: float = 60.0,
+        recover_after: int = 20,
+        default_pause: float = 1.0,
+        max_pause: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.max_limit = concurrency
+        self.limit = concurrency
+        self.max_requests = max_requests
+        self.window = window
+        self.recover_after = recover_after
+        self.default_pause = default_pause
+        self.max_pause = max_pause
+        self.clock = clock
+        self.in_flight = 0
+        self.pause_until = 0.0
+        self.successes = 0
+        self.sent: collections.deque[float] = collections.deque()
+        self.send_log: list[float] = []  # every send time, for the rate test and stats
+        self._cond = threading.Condition()
+
+    def _wait_needed(self, now: float) -> float | None:
+        """Seconds to wait before a send may go, or None if it may go now (lock held)."""
+        if self.in_flight >= self.limit:
+            return 0.05  # woken by release(); the timeout only guards against lost wakeups
+        if now < self.pause_until:
+            return self.pause_until - now
+        if self.max_requests:
+            while self.sent and now - self.sent[0] >= self.window:
+                self.sent.popleft()
+            if len(self.sent) >= self.max_requests:
+                return self.sent[0] + self.window - now
+        return None
+
+    def acquire(self) -> None:
+        with self._cond:
+            while True:
+                now = self.clock()
+                wait = self._wait_needed(now)
+                if wait is None:
+                    break
+                self._cond.wait(timeout=max(0.001, min(wait, 1.0)))
+            self.in_flight += 1
+            now = self.clock()
+            if self.max_requests:
+                self.sent.append(now)
+            self.send_log.append(now)
+
+    def release(self, ok: bool) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            if ok:
+                self.successes += 1
+                if self.limit < self.max_limit and self.successes >= self.recover_after:
+                    self.limit += 1
+                    self.successes = 0
+            self._cond.notify_all()
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """A 429: halve the pool (once per pause) and pause everyone until Retry-After."""
+        with self._cond:
+            now = self.clock()
+            pause = self.default_pause if retry_after is None else retry_after
+            pause = min(max(pause, 0.0), self.max_pause)
+            if now >= self.pause_until:
+                self.limit = max(1, self.limit // 2)
+            self.successes = 0
+            self.pause_until = max(self.pause_until, now + pause)
+            self._cond.notify_all()

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Customer pipeline: REST API -> DuckDB warehouse -> sorted JSON export.
+
+    python pipeline.py run --demo            # offline: the bundled demo API on 127.0.0.1
+    python pipeline.py run                   # https://reqres.in/api (PIPELINE_API_KEY for a key)
+    python pipeline.py status                # runs, model versions, data tests
+
+This file is thin on purpose: it parses arguments, calls ``transform.orchestrate`` and
+turns expected failures into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from extract.client import RetryPolicy
+from extract.errors import PipelineError, UsageError
+from extract.progress import Progress
+from extract.redact import RedactingFilter, redact
+from transform import orchestrate
+from transform.orchestrate import DEFAULT_BASE_URL, RunSummary, Settings
+
+__all__ = ["run_pipeline", "main"]
+
+ENV_PREFIX = "PIPELINE_"
+
+
+# -- the Python API ----------------------------------------------------------------------------
+
+
+def run_pipeline(
+    base_url: str = DEFAULT_BASE_URL,
+    output_file: str | os.PathLike = "sample_output.json",
+    *,
+    api_key: str | None = None,
+    per_page: int = 100,
+    concurrency: int = 4,
+    warehouse: str | os.PathLike = "warehouse/customers.duckdb",
+    max_requests_per_minute: int | None = None,
+    resume: bool = False,
+    demo: bool = False,
+    quiet: bool = True,
+    lock_timeout: float = 10.0,
+    retry: RetryPolicy | None = None,
+    **options,
+) -> RunSummary:
+    """Extract, build, test and export; the same thing as ``python pipeline.py run``.
+
+    Raises ``PipelineError`` (with one clear message) when the run fails; the previous
+    marts and export are then untouched.
+    """
+    settings = Settings(
+        base_url=base_url,
+        api_key=api_key,
+        per_page=per_page,
+        concurrency=concurrency,
+        max_requests_per_minute=max_requests_per_minute,
+        warehouse=Path(warehouse),
+        output=Path(output_file),
+        resume=resume,
+        quiet=quiet,
+        lock_timeout=lock_timeout,
+        retry=retry or RetryPolicy(),
+        **options,
+    )
+    with _demo_server(demo) as demo_url:
+        if demo_url:
+            settings.base_url = demo_url
+        return orchestrate.run(settings)
+
+
+@contextlib.contextmanager
+def _demo_server(enabled: bool, **kwargs):
+    if not enabled:
+        yield None
+        return
+    from extract.demo_api import DemoAPI
+
+    with DemoAPI(**kwargs) as server:
+        yield server.base_url
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit 2 (not a usage dump)."""
+
+    def error(self, message):  # noqa: D401 - argparse's API
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _env(name: str, default=None):
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_int(name: str, default):
+    value = _env(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{ENV_PREFIX}{name} must be a whole number, not {value!r}") from None
+
+
+def _env_float(name: str, default):
+    value = _env(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{ENV_PREFIX}{name} must be a number, not {value!r}") from None
+
+
+def _add_warehouse_flags(parser):
+    group = parser.add_argument_group("warehouse")
+    group.add_argument("--warehouse", type=Path, default=Path(_env("WAREHOUSE", "warehouse/customers.duckdb")),
+                       help="DuckDB file (default %(default)s; env PIPELINE_WAREHOUSE)")
+    group.add_argument("--lock-timeout", type=float, default=_env_float("LOCK_TIMEOUT", 10.0), metavar="SECONDS",
+                       help="wait this long for another process (DBeaver, the DuckDB CLI) to release the "
+                            "warehouse before failing (default %(default)s; env PIPELINE_LOCK_TIMEOUT)")
+    group.add_argument("--threads", type=int, default=_env_int("THREADS", None),
+                       help="DuckDB threads (default: all cores; env PIPELINE_THREADS)")
+    group.add_argument("--memory-limit", default=_env("MEMORY_LIMIT"), metavar="SIZE",
+                       help="DuckDB memory_limit, e.g. 2GB (default: DuckDB's, 80%% of RAM; env PIPELINE_MEMORY_LIMIT)")
+    group.add_argument("--storage-version", default=_env("STORAGE_VERSION", "v1.0.0"),
+                       help="DuckDB storage version a new warehouse is written with, so older readers "
+                            "(DBeaver's driver) open it (default %(default)s)")
+
+
+def _add_source_flags(parser):
+    group = parser.add_argument_group("source API")
+    group.add_argument("--base-url", default=_env("BASE_URL", DEFAULT_BASE_URL),
+                       help="API root; pages are GET {base-url}/users?page=N&per_page=M "
+                            "(default %(default)s; env PIPELINE_BASE_URL)")
+    group.add_argument("--api-key", default=None,
+                       help="sent as the x-api-key header. Visible to other users in `ps`: prefer the "
+                            "PIPELINE_API_KEY environment variable")
+    group.add_argument("--per-page", type=int, default=_env_int("PER_PAGE", 100),
+                       help="records per request (default %(default)s; env PIPELINE_PER_PAGE)")
+    group.add_argument("--concurrency", type=int, default=_env_int("CONCURRENCY", 4),
+                       help="pages fetched at once after page 1 (default %(default)s; env PIPELINE_CONCURRENCY)")
+    group.add_argument("--max-requests-per-minute", type=int, default=_env_int("MAX_REQUESTS_PER_MINUTE", None),
+                       metavar="N", help="client-side rate limit, retries included (reqres.in allows about 20; "
+                                         "default: none; env PIPELINE_MAX_REQUESTS_PER_MINUTE)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the last run if it failed during extraction: fetch only the pages it "
+                            "did not land, then build and export as usual")
+    group.add_argument("--demo", action="store_true",
+                       help="start the bundled demo API on 127.0.0.1 and sync from it (no network needed)")
+    group.add_argument("--keep-runs", type=int, default=_env_int("KEEP_RUNS", None), metavar="N",
+                       help="after extracting, delete raw pages of all but the last N runs (default: keep all)")
+
+
+def _add_output_flag(parser):
+    parser.add_argument("--output", type=Path, default=Path(_env("OUTPUT", "sample_output.json")),
+                        help="where the JSON export is written, atomically (default %(default)s; env PIPELINE_OUTPUT)")
+
+
+def _add_common(parser):
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines (errors still go to stderr)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pipeline.py",
+        description="Sync customers from a paginated REST API into a DuckDB warehouse, build the SQL models, "
+                    "test them and export one sorted JSON document.",
+        epilog="examples:\n  python pipeline.py run --demo\n  PIPELINE_API_KEY=... python pipeline.py run\n"
+               "  python pipeline.py status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name, help_text, example):
+        return commands.add_parser(
+            name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command("run", "extract, build, test and export: the whole pipeline",
+                  "python pipeline.py run --demo --output out.json")
+    _add_source_flags(run), _add_output_flag(run), _add_warehouse_flags(run), _add_common(run)
+
+    extract = command("extract", "fetch every page into raw.api_pages (no build, no export)",
+                      "python pipeline.py extract --base-url http://127.0.0.1:8000/api")
+    _add_source_flags(extract), _add_warehouse_flags(extract), _add_common(extract)
+
+    build = command("build", "build the models from the latest landed run, test them, publish them",
+                    "python pipeline.py build")
+    _add_warehouse_flags(build), _add_common(build)
+
+    test = command("test", "run the data tests against the published models",
+                   "python pipeline.py test")
+    _add_warehouse_flags(test), _add_common(test)
+
+    export = command("export", "write the JSON export from the published marts",
+                     "python pipeline.py export --output customers.json")
+    _add_output_flag(export), _add_warehouse_flags(export), _add_common(export)
+
+    status = command("status", "show the last runs, each model's version (and whether its SQL changed), "
+                               "and the last data test results", "python pipeline.py status --runs 10")
+    status.add_argument("--runs", type=int, default=5, help="how many runs to show (default %(default)s)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_warehouse_flags(status), _add_common(status)
+
+    demo = command("demo-api", "serve the bundled reqres-compatible demo API until Ctrl-C",
+                   "python pipeline.py demo-api --port 8000")
+    demo.add_argument("args", nargs=argparse.REMAINDER, help="flags for the demo server (see demo-api -- --help)")
+    return parser
+
+
+def _settings(args) -> Settings:
+    api_key = getattr(args, "api_key", None) or _env("API_KEY") or None
+    return Settings(
+        base_url=getattr(args, "base_url", DEFAULT_BASE_URL),
+        api_key=api_key,
+        per_page=getattr(args, "per_page", 100),
+        concurrency=getattr(args, "concurrency", 4),
+        max_requests_per_minute=getattr(args, "max_requests_per_minute", None),
+        warehouse=args.warehouse,
+        output=getattr(args, "output", Path("sample_output.json")),
+        resume=getattr(args, "resume", False),
+        quiet=args.quiet,
+        lock_timeout=args.lock_timeout,
+        storage_version=args.storage_version,
+        threads=args.threads,
+        memory_limit=args.memory_limit,
+        keep_runs=getattr(args, "keep_runs", None),
+    )
+
+
+def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
+    meta = summary.metadata
+    parts = [f"run {summary.run_id} {summary.status} in {summary.seconds:.1f}s"]
+    if summary.pages:
+        parts.append(f"{summary.pages} pages, {summary.records} records, {summary.requests} requests, {summary.retries} retries")
+    if summary.built or summary.skipped:
+        parts.append(f"{len(summary.built)} models built, {len(summary.skipped)} unchanged")
+    if meta:
+        q = meta.get("data_quality_summary") or {}
+        parts.append(
+            f"{meta.get('total_customers')} customers ({meta.get('duplicates_removed')} duplicates removed, "
+            f"{meta.get('records_quarantined')} quarantined; quality high {q.get('high_quality')} / "
+            f"medium {q.get('medium_quality')} / low {q.get('low_quality')}) -> {summary.output}"
+        )
+    print("; ".join(parts), file=out)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _print_status(info: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, default=str, indent=2))
+        return
+    print("runs (newest first):")
+    for run_id, status, started, finished, stage, error, pages, records, requests_, retries, exported in info["runs"]:
+        line = f"  #{run_id} {status:<9} started {started:%Y-%m-%d %H:%M:%S}"
+        if finished:
+            line += f", {(finished - started).total_seconds():.1f}s"
+        line += f", {pages or 0} pages, {records or 0} records, {requests_ or 0} requests, {retries or 0} retries"
+        if exported is not None:
+            line += f", {exported} customers exported"
+        if error:
+            line += f"\n      failed in {stage}: {error}"
+        print(line)
+    print("models (in build order):")
+    for model in info["models"]:
+        if "error" in model:
+            print(f"  error: {model['error']}")
+            continue
+        if model["built_version"] is None:
+            state = "not built yet"
+        elif model["changed"]:
+            state = f"SQL changed since build (built {model['built_version']})"
+        else:
+            state = "up to date"
+        rows = "" if model["rows"] is None else f", {model['rows']} rows"
+        print(f"  {model['model']:<45} {model['current_version']}  {state}{rows}")
+    print("last data tests:")
+    for test, failing, status, _at in info["tests"]:
+        print(f"  {status:<4} {test}" + (f" ({failing} failing rows)" if failing else ""))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo-api"]:
+        from extract.demo_api import main as demo_main
+
+        rest = argv[1:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        return demo_main(rest)
+    secret = os.environ.get(ENV_PREFIX + "API_KEY")
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        settings = _settings(args)
+        secret = settings.api_key
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactingFilter(secret))
+        progress = Progress(quiet=args.quiet)
+        if args.command in ("run", "extract"):
+            steps = ("extract", "build", "export") if args.command == "run" else ("extract",)
+            if steps == ("extract",) and args.resume:
+                pass
+            with _demo_server(args.demo) as demo_url:
+                if demo_url:
+                    settings.base_url = demo_url
+                    progress.line(f"demo API serving on {demo_url}")
+                summary = orchestrate.run(settings, steps, progress)
+            _print_summary(summary)
+        elif args.command in ("build", "export"):
+            summary = orchestrate.run(settings, (args.command,), progress)
+            _print_summary(summary)
+        elif args.command == "test":
+            results = orchestrate.run_tests_only(settings)
+            failing = [r for r in results if r.status != "pass"]
+            for r in results:
+                print(f"{r.status:<4} {r.test}" + (f" ({r.failing_rows} failing rows)" if r.failing_rows else ""))
+            if failing:
+                print(f"error: {len(failing)} of {len(results)} data tests failed", file=sys.stderr)
+                return 1
+        elif args.command == "status":
+            _print_status(orchestrate.status(settings, args.runs), args.json)
+        return 0
+    except PipelineError as exc:
+        print(f"error: {redact(str(exc), secret)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; the last good warehouse and export are unchanged", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, traceback on request
+        if debug:
+            traceback.print_exc()
+        print(f"error: unexpected {exc.__class__.__name__}: {redact(str(exc), secret)} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+-- Each customer with the seed's enrichment fields: from the record's own facts where it carries them,
+-- otherwise from a stable md5 hash of the customer id (same id -> same value, on every DuckDB version).
+-- grain: one row per customer_id
+-- materialized: view
+-- column engagement_level: high (score >= 70), medium (40-69), low (< 40), unknown (key present but null/unparseable); hashed when the record has no engagement_score.
+-- column activity_status: active (last activity within 90 days before the run started), inactive (older), unknown (key present but null/unparseable); hashed when absent.
+-- column acquisition_channel: website, mobile_app or email_campaign (hashed).
+-- column market_segment: US-West, US-East, EU-Central or APAC (hashed).
+-- column customer_tier: basic (60%), premium (30%) or enterprise (10%) (hashed).
+with
+
+customers as (
+
+    select * from {{ ref('int_customers_deduplicated') }}
+
+),
+
+hashed as (
+
+    -- first 32 bits of md5('<field>:<customer_id>'), one independent draw per field
+    select
+        *,
+        ('0x' || left(md5('engagement_level:' || customer_id::varchar), 8))::ubigint as engagement_draw,
+        ('0x' || left(md5('activity_status:' || customer_id::varchar), 8))::ubigint as activity_draw,
+        ('0x' || left(md5('acquisition_channel:' || customer_id::varchar), 8))::ubigint as channel_draw,
+        ('0x' || left(md5('market_segment:' || customer_id::varchar), 8))::ubigint as segment_draw,
+        ('0x' || left(md5('customer_tier:' || customer_id::varchar), 8))::ubigint as tier_draw
+    from customers
+
+),
+
+enriched as (
+
+    select
+        *,
+        case
+            when has_engagement_score and engagement_score >= 70 then 'high'
+            when has_engagement_score and engagement_score >= 40 then 'medium'
+            when has_engagement_score and engagement_score >= 0 then 'low'
+            when has_engagement_score then 'unknown'
+            else ['high', 'medium', 'low'][1 + (engagement_draw % 3)::integer]
+        end as engagement_level,
+        case
+            when has_last_activity_at and last_activity_at >= run_started_at - interval 90 day then 'active'
+            when has_last_activity_at and last_activity_at is not null then 'inactive'
+            when has_last_activity_at then 'unknown'
+            else ['active', 'inactive'][1 + (activity_draw % 2)::integer]
+        end as activity_status,
+        ['website', 'mobile_app', 'email_campaign'][1 + (channel_draw % 3)::integer] as acquisition_channel,
+        ['US-West', 'US-East', 'EU-Central', 'APAC'][1 + (segment_draw % 4)::integer] as market_segment,
+        case
+            when tier_draw % 10 < 6 then 'basic'
+            when tier_draw % 10 < 9 then 'premium'
+            else 'enterprise'
+        end as customer_tier
+    from hashed
+
+),
+
+final as (
+
+    select * from enriched
+
+)
+
+select * from final

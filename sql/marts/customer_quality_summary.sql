@@ -1,0 +1,55 @@
+-- The common question, answered: how many customers per quality bucket, and how good they are.
+-- grain: one row per quality_bucket (high, medium, low; buckets with no customers show 0)
+-- materialized: table
+-- column quality_bucket: high (>= 90), medium (70-89), low (< 70).
+-- column customers: Customers in the bucket.
+-- column share: Share of all customers in the bucket (0-1).
+-- column avg_data_quality_score: Mean data_quality_score in the bucket.
+-- column missing_email / invalid_email / missing_avatar: Customers in the bucket with that issue.
+with
+
+customers as (
+
+    select * from {{ ref('dim_customers') }}
+
+),
+
+buckets as (
+
+    select * from (values ('high', 1), ('medium', 2), ('low', 3)) as buckets (quality_bucket, bucket_order)
+
+),
+
+per_bucket as (
+
+    select
+        buckets.quality_bucket,
+        buckets.bucket_order,
+        count(customers.customer_id) as customers,
+        round(avg(customers.data_quality_score), 2) as avg_data_quality_score,
+        count(*) filter (where list_contains(customers.quality_issues, 'missing_email')) as missing_email,
+        count(*) filter (where list_contains(customers.quality_issues, 'invalid_email')) as invalid_email,
+        count(*) filter (where list_contains(customers.quality_issues, 'missing_avatar')) as missing_avatar
+    from buckets
+    left join customers
+        on buckets.quality_bucket = customers.quality_bucket
+    group by buckets.quality_bucket, buckets.bucket_order
+
+),
+
+final as (
+
+    select
+        quality_bucket,
+        customers,
+        round(customers / nullif(sum(customers) over (), 0), 4) as share,
+        avg_data_quality_score,
+        missing_email,
+        invalid_email,
+        missing_avatar
+    from per_bucket
+    order by bucket_order
+
+)
+
+select * from final

@@ -1,0 +1,63 @@
+-- Every time any run saw a customer id: the history behind first_seen_at / last_seen_at.
+-- grain: one row per (run_id, customer_id) over every run whose extraction completed
+-- materialized: view
+-- column run_id: The run that received the id.
+-- column customer_id: The API's id as an integer (records without a usable id are left out).
+-- column seen_at: When the first page carrying the id in that run was fetched (UTC).
+with
+
+runs as (
+
+    select * from {{ source('raw', 'runs') }}
+
+),
+
+api_pages as (
+
+    select * from {{ source('raw', 'api_pages') }}
+
+),
+
+extracted_runs as (
+
+    select run_id
+    from runs
+    where extracted_at is not null
+
+),
+
+ids as (
+
+    select
+        api_pages.run_id,
+        api_pages.fetched_at,
+        trim(unnest(json_extract_string(api_pages.body, '$.data[*].id'))) as id_text
+    from api_pages
+    inner join extracted_runs
+        on api_pages.run_id = extracted_runs.run_id
+
+),
+
+typed as (
+
+    select
+        run_id,
+        id_text::bigint as customer_id,
+        fetched_at
+    from ids
+    where regexp_full_match(id_text, '-?[0-9]{1,18}')
+
+),
+
+final as (
+
+    select
+        run_id,
+        customer_id,
+        min(fetched_at) as seen_at
+    from typed
+    group by run_id, customer_id
+
+)
+
+select * from final

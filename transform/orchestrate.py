@@ -1,0 +1,334 @@
+"""The run: extract -> build -> test -> export, with the run recorded in ``raw.runs``.
+
+Each step can run alone (the CLI's ``extract``/``build``/``test``/``export``). A failure
+in any step marks the run failed with the step and the reason, leaves what was landed in
+raw, and touches neither the published models nor the last export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from extract.client import ApiClient, ClientStats, RetryPolicy
+from extract.errors import PipelineError, UsageError
+from extract.fetch import extract_run
+from extract.progress import Progress
+from extract.redact import redact, strip_userinfo
+from extract.throttle import Throttle
+
+from . import export as export_mod
+from .project import Project
+from .runner import Runner
+from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, utcnow
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL_DIR = ROOT / "sql"
+DEFAULT_BASE_URL = "https://reqres.in/api"
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Settings:
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None
+    per_page: int = 100
+    concurrency: int = 4
+    max_requests_per_minute: int | None = None
+    warehouse: Path = Path("warehouse/customers.duckdb")
+    output: Path = Path("sample_output.json")
+    resume: bool = False
+    quiet: bool = False
+    lock_timeout: float = 10.0
+    storage_version: str = "v1.0.0"
+    threads: int | None = None
+    memory_limit: str | None = None
+    keep_runs: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sql_dir: Path = SQL_DIR
+
+    def validate(self) -> None:
+        parts = urlsplit(self.base_url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--base-url must be an http(s) URL like {DEFAULT_BASE_URL}, not {self.base_url!r}")
+        for name, value, low, high in (
+            ("--per-page", self.per_page, 1, 10_000),
+            ("--concurrency", self.concurrency, 1, 64),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise UsageError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        if self.max_requests_per_minute is not None and self.max_requests_per_minute < 1:
+            raise UsageError(f"--max-requests-per-minute must be at least 1, not {self.max_requests_per_minute}")
+        if self.lock_timeout < 0:
+            raise UsageError("--lock-timeout must be 0 or more seconds")
+        if self.keep_runs is not None and self.keep_runs < 1:
+            raise UsageError("--keep-runs must be at least 1")
+
+    @property
+    def warehouse_config(self) -> WarehouseConfig:
+        return WarehouseConfig(Path(self.warehouse), self.storage_version, self.threads, self.memory_limit, self.lock_timeout)
+
+    @property
+    def safe_base_url(self) -> str:
+        return redact(strip_userinfo(self.base_url), self.api_key)
+
+
+@dataclass
+class RunSummary:
+    run_id: int | None
+    status: str
+    metadata: dict = field(default_factory=dict)
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pages: int = 0
+    records: int = 0
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    output: str | None = None
+    stage_seconds: dict = field(default_factory=dict)
+
+
+# -- runs table ------------------------------------------------------------------------------
+
+
+def _close_dead_runs(con) -> None:
+    """Runs still 'running' while we hold the run lock belong to a process that died."""
+    con.execute(
+        """
+        update raw.runs
+        set status = 'failed',
+            failed_stage = coalesce(failed_stage, 'interrupted'),
+            error = 'the process running it died before it finished (killed or crashed)',
+            finished_at = coalesce(finished_at, now())
+        where status = 'running'
+        """
+    )
+
+
+def _start_run(con, settings: Settings) -> tuple[int, bool]:
+    """A new run id, or the last failed run's when resuming; (run_id, resumed)."""
+    if settings.resume:
+        row = con.execute(
+            """
+            select run_id from raw.runs
+            where status = 'failed' and extracted_at is null
+                and run_id = (select max(run_id) from raw.runs)
+            """
+        ).fetchone()
+        if row:
+            con.execute(
+                """
+                update raw.runs
+                set status = 'running', failed_stage = null, error = null, finished_at = null,
+                    resumes = resumes + 1
+                where run_id = ?
+                """,
+                [row[0]],
+            )
+            return row[0], True
+    run_id = con.execute("select coalesce(max(run_id), 0) + 1 from raw.runs").fetchone()[0]
+    con.execute(
+        """
+        insert into raw.runs (run_id, started_at, status, source_url, per_page, concurrency, resumes)
+        values (?, ?, 'running', ?, ?, ?, 0)
+        """,
+        [run_id, utcnow(), settings.safe_base_url, settings.per_page, settings.concurrency],
+    )
+    return run_id, False
+
+
+def _fail_run(con, run_id: int, stage: str, error: str) -> None:
+    with contextlib.suppress(Exception):
+        con.execute(
+            "update raw.runs set status = 'failed', failed_stage = ?, error = ?, finished_at = ? where run_id = ?",
+            [stage, error[:1000], utcnow(), run_id],
+        )
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: RunSummary) -> None:
+    stats = ClientStats()
+    progress.stats = stats
+    throttle = Throttle(settings.concurrency, max_requests=settings.max_requests_per_minute, window=60.0)
+    client = ApiClient(settings.base_url, settings.per_page, settings.api_key, settings.retry, throttle, stats=stats)
+    try:
+        result = extract_run(con, run_id, client, settings.concurrency, progress)
+    finally:
+        client.close()
+        progress.done()
+        con.execute(
+            """
+            update raw.runs
+            set requests = coalesce(requests, 0) + ?, retries = coalesce(retries, 0) + ?,
+                throttled = coalesce(throttled, 0) + ?
+            where run_id = ?
+            """,
+            [stats.requests, stats.retries, stats.throttled, run_id],
+        )
+        summary.requests, summary.retries = stats.requests, stats.retries
+    con.execute(
+        """
+        update raw.runs
+        set extracted_at = $at, reported_total = $total, pages_expected = $expected,
+            pages_landed = (select count(*) from raw.api_pages where run_id = $run),
+            records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages where run_id = $run)
+        where run_id = $run
+        """,
+        {"at": utcnow(), "total": result.reported_total, "expected": result.pages_expected, "run": run_id},
+    )
+    summary.pages, summary.records = result.pages_landed, result.records_landed
+    summary.warnings.extend(result.warnings)
+    if result.reported_total is not None and result.records_landed != result.reported_total:
+        summary.warnings.append(
+            f"the API reported {result.reported_total} records but {result.records_landed} were received"
+        )
+
+
+def _prune(con, keep_runs: int) -> int:
+    cutoff = con.execute(
+        "select coalesce(min(run_id), 0) from (select run_id from raw.runs order by run_id desc limit ?)",
+        [keep_runs],
+    ).fetchone()[0]
+    deleted = con.execute("select count(*) from raw.api_pages where run_id < ?", [cutoff]).fetchone()[0]
+    if deleted:
+        con.execute("delete from raw.api_pages where run_id < ?", [cutoff])
+    return deleted
+
+
+def run(settings: Settings, steps=("extract", "build", "export"), progress: Progress | None = None) -> RunSummary:
+    """Run the given steps under the warehouse's run lock; raise PipelineError on failure."""
+    settings.validate()
+    if "export" in steps:
+        export_mod.check_output_path(Path(settings.output))
+    progress = progress or Progress(quiet=settings.quiet)
+    project = Project(settings.sql_dir) if ("build" in steps or "export" in steps) else None
+    started = time.monotonic()
+    summary = RunSummary(run_id=None, status="running")
+    lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
+    try:
+        if lock.stale_holder:
+            progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
+        con = connect(settings.warehouse_config)
+        try:
+            ensure_schema(con)
+            _close_dead_runs(con)
+            run_id = None
+            if "extract" in steps:
+                run_id, resumed = _start_run(con, settings)
+                summary.run_id = run_id
+                progress.line(
+                    f"run {run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}"
+                )
+                stage_started = time.monotonic()
+                try:
+                    _extract(con, run_id, settings, progress, summary)
+                except BaseException as exc:
+                    _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                    raise
+                summary.stage_seconds["extract"] = time.monotonic() - stage_started
+                if settings.keep_runs:
+                    _prune(con, settings.keep_runs)
+            for stage in ("build", "export"):
+                if stage not in steps:
+                    continue
+                stage_started = time.monotonic()
+                try:
+                    if stage == "build":
+                        progress.line("build: models and data tests")
+                        runner = Runner(con, project, run_id, log=progress.line)
+                        result = runner.build_and_publish()
+                        summary.built, summary.skipped = result.built, result.skipped
+                        summary.run_id = summary.run_id or result.input_run_id
+                    else:
+                        summary.metadata = export_mod.export(con, project, Path(settings.output))
+                        summary.output = str(settings.output)
+                except BaseException as exc:
+                    if run_id is not None:
+                        _fail_run(con, run_id, stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                    raise
+                summary.stage_seconds[stage] = time.monotonic() - stage_started
+            if run_id is not None:
+                final_status = "succeeded" if "build" in steps else "extracted"
+                con.execute(
+                    """
+                    update raw.runs set status = ?, finished_at = ?, customers_exported = ?, export_path = ?
+                    where run_id = ?
+                    """,
+                    [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
+                )
+            con.execute("checkpoint")
+        finally:
+            con.close()
+    finally:
+        lock.release()
+    summary.status = "succeeded"
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def run_tests_only(settings: Settings) -> list:
+    """Run the data tests against the published models (no build, no publish)."""
+    project = Project(settings.sql_dir)
+    con = connect(settings.warehouse_config)
+    try:
+        ensure_schema(con)
+        return Runner(con, project, None).run_tests()
+    finally:
+        con.close()
+
+
+def status(settings: Settings, limit: int = 5) -> dict:
+    """What is in the warehouse: last runs, models (current vs built version), last tests."""
+    con = connect(settings.warehouse_config, read_only=True)
+    try:
+        runs = con.execute(
+            """
+            select run_id, status, started_at, finished_at, failed_stage, error,
+                   pages_landed, records_landed, requests, retries, customers_exported
+            from raw.runs order by run_id desc limit ?
+            """,
+            [limit],
+        ).fetchall()
+        published = {
+            row[0]: row[1:]
+            for row in con.execute(
+                "select model, version, rows, published_at, run_id from meta.published_models"
+            ).fetchall()
+        }
+        tests = con.execute(
+            """
+            select test, failing_rows, status, tested_at from meta.test_results
+            where tested_at = (select max(tested_at) from meta.test_results)
+            order by test
+            """
+        ).fetchall()
+    except Exception as exc:  # an older or foreign file without our tables
+        raise PipelineError(f"{settings.warehouse} has no pipeline tables yet ({str(exc).splitlines()[0]})") from None
+    finally:
+        con.close()
+    models = []
+    try:
+        project = Project(settings.sql_dir)
+        for model in project.order:
+            built = published.get(model.name)
+            models.append(
+                {
+                    "model": model.relation,
+                    "current_version": model.version,
+                    "built_version": built[0] if built else None,
+                    "rows": built[1] if built else None,
+                    "changed": (built is None) or built[0] != model.version,
+                }
+            )
+    except PipelineError as exc:
+        models.append({"error": str(exc)})
+    return {"runs": runs, "models": models, "tests": tests}

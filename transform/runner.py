@@ -1,0 +1,236 @@
+"""Build, test, publish (write-audit-publish) in one DuckDB transaction.
+
+Every model is (re)built inside a single transaction, the data tests run against those
+new relations inside the same transaction, and only when every test returns zero rows is
+the transaction committed: that commit is the publish. A failing model or test rolls
+the transaction back, so readers (and the export) keep seeing exactly the last good
+tables; DuckDB's WAL makes the same true for a process killed halfway.
+
+A model whose version (rendered SQL + parents' versions) and inputs (the raw run it
+reads) match what is published is skipped and logged as such.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+
+from extract.errors import DataTestError, ModelError
+
+from .project import Model, Project
+from .warehouse import sql_literal, utcnow
+
+CURRENT_RUN = "select coalesce(max(run_id), 0) from raw.runs where extracted_at is not null"
+
+
+@dataclass
+class ModelResult:
+    model: str
+    relation: str
+    version: str
+    status: str  # built | skipped
+    rows: int | None
+    seconds: float
+
+
+@dataclass
+class TestResult:
+    test: str
+    failing_rows: int
+    status: str  # pass | fail
+    seconds: float
+    sample: list = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    models: list[ModelResult]
+    tests: list[TestResult]
+    input_run_id: int
+
+    @property
+    def built(self) -> list[str]:
+        return [m.model for m in self.models if m.status == "built"]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [m.model for m in self.models if m.status == "skipped"]
+
+
+def _existing_kind(con, schema: str, name: str) -> str | None:
+    row = con.execute(
+        """
+        select 'table' from duckdb_tables() where schema_name = $s and table_name = $n
+        union all
+        select 'view' from duckdb_views() where schema_name = $s and view_name = $n and not internal
+        """,
+        {"s": schema, "n": name},
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _published(con) -> dict[str, tuple[str, str]]:
+    rows = con.execute("select model, version, input_state from meta.published_models").fetchall()
+    return {model: (version, state) for model, version, state in rows}
+
+
+def _error_line(project: Project, model_path, exc: Exception) -> str:
+    message = str(exc).strip()
+    first = message.splitlines()[0] if message else exc.__class__.__name__
+    line = re.search(r"LINE (\d+):", message)
+    where = project.rel(model_path) + (f":{line[1]}" if line else "")
+    return f"{where}: {first}"
+
+
+class Runner:
+    def __init__(self, con: duckdb.DuckDBPyConnection, project: Project, run_id: int | None, log=print):
+        self.con = con
+        self.project = project
+        self.run_id = run_id
+        self.log = log
+
+    def input_state(self) -> int:
+        return self.con.execute(CURRENT_RUN).fetchone()[0]
+
+    def _input_states(self, input_run: int) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for model in self.project.order:
+            own = [f"raw@{input_run}"] if model.sources else []
+            states[model.name] = "|".join(own + [states[p] for p in sorted(model.refs)]) or "const"
+            if len(states[model.name]) > 64:
+                states[model.name] = f"raw@{input_run}"
+        return states
+
+    # -- build ---------------------------------------------------------------------------
+
+    def build_and_publish(self, force: bool = False) -> BuildResult:
+        input_run = self.input_state()
+        if input_run == 0:
+            raise ModelError("nothing to build: no run has landed its pages yet (run `python pipeline.py extract` or `run`)")
+        states = self._input_states(input_run)
+        published = _published(self.con)
+        results: list[ModelResult] = []
+        self.con.execute("begin transaction")
+        try:
+            for model in self.project.order:
+                key = (model.version, states[model.name])
+                exists = _existing_kind(self.con, model.schema, model.name) == model.materialized
+                if not force and exists and published.get(model.name) == key:
+                    results.append(ModelResult(model.name, model.relation, model.version, "skipped", None, 0.0))
+                    continue
+                results.append(self._build(model))
+            tests = self.run_tests()
+            failing = [t for t in tests if t.status != "pass"]
+            if failing:
+                raise DataTestError(self._test_failure_message(failing))
+            self._record(results, tests, states, "built")
+            self._document()
+            self.con.execute("commit")
+        except BaseException as exc:
+            self.con.execute("rollback")
+            status = "rolled_back"
+            self._record_failure(results, locals().get("tests", []), states, status, exc)
+            raise
+        return BuildResult(results, tests, input_run)
+
+    def _build(self, model: Model) -> ModelResult:
+        started = time.perf_counter()
+        existing = _existing_kind(self.con, model.schema, model.name)
+        try:
+            if existing and existing != model.materialized:
+                self.con.execute(f"drop {existing} {model.relation}")
+            self.con.execute(f"create or replace {model.materialized} {model.relation} as {model.sql}")
+            rows = None
+            if model.materialized == "table":
+                rows = self.con.execute(f"select count(*) from {model.relation}").fetchone()[0]
+        except duckdb.Error as exc:
+            raise ModelError(f"model {model.name} failed to build ({_error_line(self.project, model.path, exc)})") from None
+        seconds = time.perf_counter() - started
+        return ModelResult(model.name, model.relation, model.version, "built", rows, seconds)
+
+    # -- tests ---------------------------------------------------------------------------
+
+    def run_tests(self) -> list[TestResult]:
+        results = []
+        for test in self.project.tests.values():
+            started = time.perf_counter()
+            try:
+                failing = self.con.execute(f"select count(*) from ({test.sql}) as failing").fetchone()[0]
+                sample = self.con.execute(f"select * from ({test.sql}) as failing limit 3").fetchall() if failing else []
+            except duckdb.Error as exc:
+                raise ModelError(f"data test {test.name} could not run ({_error_line(self.project, test.path, exc)})") from None
+            results.append(
+                TestResult(test.name, failing, "pass" if failing == 0 else "fail", time.perf_counter() - started, sample)
+            )
+        return results
+
+    @staticmethod
+    def _test_failure_message(failing: list[TestResult]) -> str:
+        parts = [f"{t.test} ({t.failing_rows} rows, e.g. {t.sample[0] if t.sample else '?'})" for t in failing]
+        return "data tests failed, nothing was published: " + "; ".join(parts)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _record(self, results, tests, states, status) -> None:
+        now = utcnow()
+        for result in results:
+            model = self.project.models[result.model]
+            self.con.execute(
+                "insert into meta.model_builds values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [self.run_id, result.model, result.relation, model.materialized, result.version,
+                 states[result.model], result.status if status == "built" else status,
+                 result.rows, result.seconds, now, None],
+            )
+        for test in tests:
+            self.con.execute(
+                "insert into meta.test_results values (?, ?, ?, ?, ?, ?, ?)",
+                [self.run_id, test.test, test.failing_rows, test.status, test.seconds, now, None],
+            )
+        if status != "built":
+            return
+        for result in results:
+            if result.status != "built":
+                continue
+            model = self.project.models[result.model]
+            self.con.execute("delete from meta.published_models where model = ?", [model.name])
+            self.con.execute(
+                "insert into meta.published_models values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [model.name, model.relation, model.materialized, model.version, states[model.name],
+                 result.rows, model.version, now, self.run_id],
+            )
+
+    def _record_failure(self, results, tests, states, status, exc) -> None:
+        try:
+            self._record(results, tests, states, status)
+            error = str(exc).splitlines()[0][:500] if str(exc) else exc.__class__.__name__
+            failed = {m.model for m in results}
+            for model in self.project.order:
+                if model.name not in failed:
+                    self.con.execute(
+                        "insert into meta.model_builds values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [self.run_id, model.name, model.relation, model.materialized, model.version,
+                         states[model.name], "failed" if isinstance(exc, ModelError) and model.name in str(exc) else "not_built",
+                         None, None, utcnow(), error],
+                    )
+        except duckdb.Error:
+            pass  # bookkeeping must never hide the real failure
+
+    def _document(self) -> None:
+        """COMMENT ON every published relation and column, so DBeaver and the CLI show them."""
+        for model in self.project.order:
+            kind = "view" if model.materialized == "view" else "table"
+            text = model.description + (f" Grain: {model.grain}." if model.grain else "") + f" Version {model.version}."
+            self.con.execute(f"comment on {kind} {model.relation} is {sql_literal(text.strip())}")
+            existing = {
+                row[0]
+                for row in self.con.execute(
+                    "select column_name from duckdb_columns() where schema_name = ? and table_name = ?",
+                    [model.schema, model.name],
+                ).fetchall()
+            }
+            for column, comment in model.columns.items():
+                if column in existing:
+                    self.con.execute(f'comment on column {model.relation}."{column}" is {sql_literal(comment)}')

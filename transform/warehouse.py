@@ -1,0 +1,234 @@
+"""The warehouse file: opening it safely, its fixed tables, and the one-run-at-a-time lock.
+
+DuckDB allows one read-write process per file. Analysts' tools (DBeaver opens read-write
+by default, the DuckDB CLI too) therefore block a sync; ``connect`` waits up to
+``lock_timeout`` seconds for them to let go, then fails with one line naming the process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from extract.errors import RunLockedError, WarehouseError
+
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "meta")
+
+# The tables the pipeline itself writes. Models own everything in staging/intermediate/marts.
+FIXED_DDL = """
+create table if not exists raw.runs (
+    run_id              integer primary key,
+    started_at          timestamptz not null,
+    finished_at         timestamptz,
+    status              varchar not null,
+    failed_stage        varchar,
+    error               varchar,
+    source_url          varchar,
+    per_page            integer,
+    concurrency         integer,
+    resumes             integer default 0,
+    reported_total      bigint,
+    pages_expected      integer,
+    pages_landed        integer,
+    records_landed      bigint,
+    requests            integer,
+    retries             integer,
+    throttled           integer,
+    extracted_at        timestamptz,
+    customers_exported  bigint,
+    export_path         varchar
+);
+create table if not exists raw.api_pages (
+    run_id        integer not null,
+    page          integer not null,
+    url           varchar not null,
+    http_status   smallint not null,
+    fetched_at    timestamptz not null,
+    attempts      smallint not null,
+    record_count  integer not null,
+    body          json not null
+);
+create table if not exists meta.model_builds (
+    run_id        integer,
+    model         varchar not null,
+    relation      varchar not null,
+    materialized  varchar not null,
+    version       varchar not null,
+    input_state   varchar,
+    status        varchar not null,
+    rows          bigint,
+    seconds       double,
+    built_at      timestamptz not null,
+    error         varchar
+);
+create table if not exists meta.test_results (
+    run_id        integer,
+    test          varchar not null,
+    failing_rows  bigint,
+    status        varchar not null,
+    seconds       double,
+    tested_at     timestamptz not null,
+    error         varchar
+);
+create table if not exists meta.published_models (
+    model         varchar not null,
+    relation      varchar not null,
+    materialized  varchar not null,
+    version       varchar not null,
+    input_state   varchar,
+    rows          bigint,
+    sql_hash      varchar,
+    published_at  timestamptz not null,
+    run_id        integer
+);
+"""
+
+FIXED_COMMENTS = {
+    "raw.runs": "One row per pipeline run (sync): its status, what it fetched, and where it failed. Append-only history.",
+    "raw.api_pages": "Every API page exactly as received, one row per (run_id, page). Append-only history; bodies are the API's JSON unchanged.",
+    "meta.model_builds": "One row per model per build: version (hash of rendered SQL + parents' versions), rows, seconds, status (built, skipped, failed, rolled_back).",
+    "meta.test_results": "One row per data test per build: failing_rows = rows the test query returned (0 = pass).",
+    "meta.published_models": "The models currently published in staging/intermediate/marts, with the version and inputs they were built from.",
+}
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<prog>.+?) \(PID (?P<pid>\d+)\)")
+
+
+@dataclass(frozen=True)
+class WarehouseConfig:
+    path: Path
+    storage_version: str = "v1.0.0"
+    threads: int | None = None
+    memory_limit: str | None = None
+    lock_timeout: float = 10.0
+
+
+def _duckdb_config(config: WarehouseConfig) -> dict:
+    settings: dict = {"storage_compatibility_version": config.storage_version}
+    if config.threads:
+        settings["threads"] = config.threads
+    if config.memory_limit:
+        settings["memory_limit"] = config.memory_limit
+    return settings
+
+
+def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting up to ``lock_timeout`` s for another process to let go."""
+    path = Path(config.path)
+    if path.exists() and path.is_dir():
+        raise WarehouseError(f"warehouse path {path} is a directory, not a DuckDB file")
+    if read_only and not path.exists():
+        raise WarehouseError(f"no warehouse at {path} yet: run `python pipeline.py run` first")
+    if not read_only:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WarehouseError(f"cannot create the warehouse folder {path.parent}: {exc.strerror}")
+    deadline = time.monotonic() + max(0.0, config.lock_timeout)
+    settings = _duckdb_config(config) if not read_only else {}
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=settings)
+        except duckdb.Error as exc:
+            message = str(exc)
+            if "lock" not in message.lower():
+                raise WarehouseError(_damaged_message(path, message)) from None
+            if time.monotonic() >= deadline:
+                raise WarehouseError(_locked_message(path, message, config.lock_timeout)) from None
+            time.sleep(0.25)
+
+
+def _locked_message(path: Path, message: str, timeout: float) -> str:
+    holder = _LOCK_HOLDER.search(message)
+    who = f"{holder['prog']} (PID {holder['pid']})" if holder else "another process"
+    return (
+        f"warehouse {path} is locked by {who} and was not released within {timeout:g}s: "
+        "close that connection (in DBeaver: Disconnect, or set the connection read-only; "
+        "in the DuckDB CLI: open it with -readonly) and run again, or raise --lock-timeout"
+    )
+
+
+def _damaged_message(path: Path, message: str) -> str:
+    first = message.splitlines()[0] if message else "unknown error"
+    return (
+        f"warehouse {path} cannot be opened as a DuckDB database ({first[:200]}); "
+        "it is left untouched: move it aside to start a new warehouse, or restore a backup"
+    )
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schemas and the pipeline's own tables if they do not exist."""
+    for schema in SCHEMAS:
+        con.execute(f"create schema if not exists {schema}")
+    con.execute(FIXED_DDL)
+    for table, comment in FIXED_COMMENTS.items():
+        con.execute(f"comment on table {table} is {sql_literal(comment)}")
+
+
+def sql_literal(text: str) -> str:
+    """A SQL string literal for text the pipeline itself owns (comments); never API data."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunLock:
+    """One run at a time per warehouse: an flock on ``<warehouse>.lock``.
+
+    The kernel releases an flock when its process dies, so a lock left by a killed run is
+    never stale for long: the next run takes it and says whose it was.
+    """
+
+    def __init__(self, warehouse_path: Path):
+        self.path = Path(str(warehouse_path) + ".lock")
+        self._fd: int | None = None
+        self.stale_holder: str | None = None
+
+    def acquire(self, command: str = "run") -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"another pipeline run is using {self.path.name[:-5]}"
+                f" ({holder or 'holder unknown'}); wait for it to finish, or stop it"
+            ) from None
+        previous = self._read(fd)
+        if previous:
+            self.stale_holder = previous  # its process died without releasing: cleared now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} ({command}) since {utcnow():%Y-%m-%dT%H:%M:%SZ}".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _read(fd: int) -> str:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 512).decode(errors="replace").strip()
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
