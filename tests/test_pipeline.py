@@ -1,0 +1,269 @@
+"""End to end: pipeline.py against a real HTTP server on 127.0.0.1 and a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import FAST_RETRY, dicts, run_cli, settings
+from extract.demo_api import DemoAPI, Fault
+from extract.errors import ApiError, UsageError
+from pipeline import run_pipeline
+from transform import orchestrate
+
+CONTRACT_KEYS = [
+    "customer_id", "full_name", "email_domain", "engagement_level", "activity_status",
+    "acquisition_channel", "market_segment", "customer_tier", "data_quality_score",
+]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines a user reads as the failure (progress lines are also on stderr)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def read_export(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def mart_rows(warehouse: Path) -> list[dict]:
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return dicts(con, "select * from marts.dim_customers order by customer_id")
+    finally:
+        con.close()
+
+
+# -- the 12 public reqres users ------------------------------------------------------------------
+
+
+def test_reqres_users_export_twelve_perfect_customers_sorted_by_name(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url))
+    doc = read_export(tmp_path / "out.json")
+    customers = doc["customers"]
+    assert summary.status == "succeeded"
+    assert doc["metadata"]["total_customers"] == 12
+    assert doc["metadata"]["data_quality_summary"] == {"high_quality": 12, "medium_quality": 0, "low_quality": 0}
+    assert [c["full_name"] for c in customers[:3]] == ["Byron Fields", "Charles Morris", "Emma Wong"]
+    assert {c["data_quality_score"] for c in customers} == {100}
+    assert {c["email_domain"] for c in customers} == {"reqres.in"}
+    assert sorted(c["customer_id"] for c in customers) == list(range(1, 13))
+    assert all(isinstance(c["customer_id"], int) for c in customers)
+    for customer in customers:
+        assert list(customer)[: len(CONTRACT_KEYS)] == CONTRACT_KEYS
+    timestamp = doc["metadata"]["export_timestamp"]
+    assert time.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_two_runs_over_the_same_data_export_identical_customers(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        first = read_export(tmp_path / "out.json")
+        orchestrate.run(settings(tmp_path, api.base_url))
+        second = read_export(tmp_path / "out.json")
+    assert first["customers"] == second["customers"]
+    assert second["metadata"]["run_id"] == 2
+
+
+def test_run_pipeline_python_api_is_the_same_as_the_cli(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        summary = run_pipeline(base_url=api.base_url, output_file=tmp_path / "py.json",
+                               warehouse=tmp_path / "w.duckdb", retry=FAST_RETRY)
+        result = run_cli("run", "--base-url", api.base_url, "--output", str(tmp_path / "cli.json"),
+                         "--warehouse", str(tmp_path / "w2.duckdb"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert summary.metadata["total_customers"] == 12
+    assert read_export(tmp_path / "py.json")["customers"] == read_export(tmp_path / "cli.json")["customers"]
+    assert "12 customers" in result.stdout
+
+
+# -- a messy API with transient faults -------------------------------------------------------------
+
+
+def test_messy_data_with_transient_faults_succeeds_and_marts_match_export(tmp_path):
+    faults = [
+        Fault(page=1, attempt=1, kind="503", retry_after="0"),
+        Fault(page=2, attempt=1, kind="429", retry_after="0"),
+        Fault(page=2, attempt=2, kind="500"),
+        Fault(page=3, attempt=1, kind="truncated"),
+        Fault(page=3, attempt=2, kind="html"),
+    ]
+    with DemoAPI(dataset="demo", faults=faults) as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=100, concurrency=3))
+        requests_by_page = {p: len(api.page_requests(p)) for p in (1, 2, 3)}
+        records = api.records()
+    assert requests_by_page == {1: 2, 2: 3, 3: 3}
+    assert summary.retries == 5
+    doc = read_export(tmp_path / "out.json")
+    marts = {row["customer_id"]: row for row in mart_rows(tmp_path / "warehouse" / "customers.duckdb")}
+    customers = doc["customers"]
+    # one row per distinct id received, in both
+    assert len(customers) == len(marts) == len({r["id"] for r in records if isinstance(r.get("id"), int)})
+    # the export is the mart, field for field
+    for customer in customers:
+        row = marts[customer["customer_id"]]
+        for key in CONTRACT_KEYS:
+            assert customer[key] == row[key], (customer, key)
+    buckets = doc["metadata"]["data_quality_summary"]
+    assert buckets == {
+        "high_quality": sum(1 for r in marts.values() if r["data_quality_score"] >= 90),
+        "medium_quality": sum(1 for r in marts.values() if 70 <= r["data_quality_score"] < 90),
+        "low_quality": sum(1 for r in marts.values() if r["data_quality_score"] < 70),
+    }
+    assert buckets["medium_quality"] + buckets["low_quality"] > 0
+    assert doc["metadata"]["duplicates_removed"] == len(records) - len(customers)
+
+
+# -- failures leave the last good state -----------------------------------------------------------
+
+
+def _good_run(tmp_path) -> tuple[bytes, list[dict]]:
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url, per_page=4))
+    return (tmp_path / "out.json").read_bytes(), mart_rows(tmp_path / "warehouse" / "customers.duckdb")
+
+
+def test_a_page_that_always_fails_names_the_page_and_keeps_the_last_good_state(tmp_path):
+    export_before, marts_before = _good_run(tmp_path)
+    with DemoAPI(dataset="reqres", faults=[Fault(page=2, attempt=0, kind="500")]) as api:
+        started = time.monotonic()
+        result = run_cli("run", "--base-url", api.base_url, "--per-page", "4",
+                         "--warehouse", str(tmp_path / "warehouse" / "customers.duckdb"),
+                         "--output", str(tmp_path / "out.json"), "--quiet")
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert elapsed < 120
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: page 2:"), result.stderr
+    assert "HTTP 500" in lines[0] and "Traceback" not in result.stderr
+    assert (tmp_path / "out.json").read_bytes() == export_before
+    assert mart_rows(tmp_path / "warehouse" / "customers.duckdb") == marts_before
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
+    landed = con.execute("select list(page order by page) from raw.api_pages where run_id = 2").fetchone()[0]
+    con.close()
+    assert run[0] == "failed" and run[1] == "extract" and "page 2" in run[2]
+    assert 2 not in landed and 1 in landed  # what arrived stays landed, for --resume
+
+
+def test_401_fails_at_once_without_retries_and_never_leaks_the_key(tmp_path):
+    key = "sk-test-SECRET-4242"
+    with DemoAPI(dataset="reqres", faults="none", api_key="the-right-key") as api:
+        result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(tmp_path / "w.duckdb"),
+                         "--output", str(tmp_path / "out.json"), env={"PIPELINE_API_KEY": key})
+        served = list(api.requests)
+    assert result.returncode == 1
+    assert len(served) == 1 and served[0].status == 401 and served[0].headers_had_api_key
+    assert "HTTP 401" in result.stderr and "API key" in result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.json").exists()
+    assert key not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_key_sent_as_header_and_stored_nowhere_on_success(tmp_path):
+    key = "sk-live-abcdef123456"
+    with DemoAPI(dataset="reqres", faults="none", api_key=key) as api:
+        result = run_cli("run", "--base-url", api.base_url, "--api-key", key, "--per-page", "5",
+                         "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "out.json"))
+        assert all(r.headers_had_api_key for r in api.requests)
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+# -- the CLI: bad input is one line and a non-zero exit --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--base-url", "ftp://example.com/api"], "--base-url must be an http(s) URL"),
+        (["--base-url", "not a url"], "--base-url must be an http(s) URL"),
+        (["--per-page", "0"], "--per-page must be a whole number from 1"),
+        (["--concurrency", "0"], "--concurrency must be a whole number from 1"),
+        (["--per-page", "ten"], "argument --per-page: invalid int value"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
+    result = run_cli("run", *args, "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_unreachable_host_is_one_clear_line(tmp_path):
+    # port 9 on loopback: nothing listens, the connection is refused at once
+    result = run_cli("run", "--base-url", "http://127.0.0.1:9/api", "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(tmp_path / "o.json"), env={"PIPELINE_LOCK_TIMEOUT": "1"}, timeout=90)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: page 1: gave up after") and "could not connect" in lines[-1]
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_help_explains_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "extract", "build", "test", "export", "status", "demo-api"):
+        assert command in result.stdout
+    run_help = run_cli("run", "--help").stdout
+    for flag in ("--base-url", "--api-key", "--per-page", "--concurrency", "--warehouse", "--output", "--demo",
+                 "--resume", "--max-requests-per-minute", "--lock-timeout"):
+        assert flag in run_help
+    assert "PIPELINE_API_KEY" in run_help and "ps" in run_help
+
+
+def test_validation_errors_from_python(tmp_path):
+    with pytest.raises(UsageError, match="--per-page"):
+        run_pipeline(base_url="http://127.0.0.1:9/api", output_file=tmp_path / "o.json",
+                     warehouse=tmp_path / "w.duckdb", per_page=0)
+
+
+# -- the demo and the step commands ----------------------------------------------------------------
+
+
+def test_demo_run_writes_export_and_warehouse_offline(tmp_path):
+    result = run_cli("run", "--demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = read_export(tmp_path / "sample_output.json")
+    assert doc["metadata"]["total_customers"] > 12
+    assert (tmp_path / "warehouse" / "customers.duckdb").exists()
+    assert "demo API serving on http://127.0.0.1:" in result.stderr
+
+
+def test_steps_one_by_one_then_status(tmp_path):
+    base = ["--warehouse", str(tmp_path / "w.duckdb")]
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        assert run_cli("extract", "--base-url", api.base_url, *base).returncode == 0
+    build = run_cli("build", *base)
+    assert build.returncode == 0, build.stderr
+    test = run_cli("test", *base)
+    assert test.returncode == 0 and "pass dim_customers__customer_id_unique" in test.stdout
+    export = run_cli("export", *base, "--output", str(tmp_path / "e.json"))
+    assert export.returncode == 0, export.stderr
+    assert read_export(tmp_path / "e.json")["metadata"]["total_customers"] == 12
+    status = run_cli("status", *base)
+    assert status.returncode == 0, status.stderr
+    assert "#1 extracted" in status.stdout and "marts.dim_customers" in status.stdout
+    assert "up to date" in status.stdout
+
+
+def test_warehouse_is_written_with_storage_version_1_0(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    tags = con.execute("select tags from duckdb_databases() where database_name = 'customers'").fetchone()[0]
+    con.close()
+    assert tags["storage_version"].startswith("v1.0.0")
