@@ -194,9 +194,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                     planned = reported
                     result.pages_expected = planned
                 elif reported is not None and reported < total_pages:
-                    result.warn(
-                        f"total_pages shrank from {total_pages} to {reported} during the run (page {page.page})"
-                    )
+                    result.warn(f"total_pages shrank from {total_pages} to {reported} during the run")
                 if not page.records and page.page <= planned and empty_seen is None:
                     empty_seen = page.page
                     result.warn(

@@ -44,6 +44,8 @@ class Throttle:
         self.clock = clock
         self.in_flight = 0
         self.pause_until = 0.0
+        self.calm_until = 0.0
+        self.min_event_gap = 0.25
         self.successes = 0
         self.sent: collections.deque[float] = collections.deque()
         self.send_log: list[float] = []  # every send time, for the rate test and stats
@@ -92,8 +94,9 @@ class Throttle:
             now = self.clock()
             pause = self.default_pause if retry_after is None else retry_after
             pause = min(max(pause, 0.0), self.max_pause)
-            if now >= self.pause_until:
+            if now >= self.calm_until:  # one burst of 429s is one congestion event
                 self.limit = max(1, self.limit // 2)
+                self.calm_until = now + max(pause, self.min_event_gap)
             self.successes = 0
             self.pause_until = max(self.pause_until, now + pause)
             self._cond.notify_all()

@@ -1,0 +1,149 @@
+"""The HTTP client: one call, one tenacity policy; against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from conftest import FAST_RETRY
+from extract.client import ApiClient, RetryPolicy, backoff_seconds, parse_retry_after
+from extract.demo_api import DemoAPI, Fault
+from extract.errors import ApiError
+from scripted_api import ScriptedAPI, page_body
+
+
+def test_parse_retry_after_seconds_and_http_dates():
+    now = time.time()
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after(" 2.5 ") == 2.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-4") == 0.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= parse_retry_after(date, now=now) <= 31
+    past = email.utils.formatdate(now - 300, usegmt=True)
+    assert parse_retry_after(past, now=now) == 0.0
+
+
+def test_backoff_is_exponential_with_jitter_and_capped():
+    policy = RetryPolicy(backoff_initial=1.0, backoff_max=8.0)
+    for attempt, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        waits = [backoff_seconds(attempt, policy) for _ in range(50)]
+        assert all(base * 0.5 <= w <= base for w in waits)
+        assert len(set(waits)) > 1  # jittered
+
+
+def _client(base_url, sleeps=None, **kwargs):
+    recorded = sleeps if sleeps is not None else []
+    return ApiClient(base_url, per_page=6, policy=kwargs.pop("policy", FAST_RETRY), sleep=recorded.append, **kwargs)
+
+
+@pytest.mark.parametrize("kind, status", [("429", 429), ("500", 500), ("503", 503), ("truncated", 200), ("html", 200)])
+def test_transient_failures_are_retried_then_the_page_lands_unchanged(kind, status):
+    with DemoAPI(dataset="reqres", faults=[Fault(page=2, attempt=1, kind=kind, retry_after="0")]) as api:
+        client = _client(api.base_url)
+        page = client.get_page(2)
+        served = api.page_requests(2)
+    assert [r.status for r in served] == [status, 200]
+    assert page.attempts == 2 and client.stats.retries == 1
+    assert [r["id"] for r in page.records] == [7, 8, 9, 10, 11, 12]
+    assert page.body.startswith("{") and '"page":2' in page.body.replace(" ", "")
+
+
+def test_connection_reset_and_read_timeout_are_retried():
+    faults = [Fault(page=1, attempt=1, kind="reset"), Fault(page=1, attempt=2, kind="timeout", delay=1.5)]
+    policy = RetryPolicy(attempts=4, backoff_initial=0.01, backoff_max=0.02, read_timeout=0.5)
+    with DemoAPI(dataset="reqres", faults=faults) as api:
+        page = _client(api.base_url, policy=policy).get_page(1)
+    assert page.attempts == 3 and len(page.records) == 6
+
+
+def test_retry_after_is_honoured_as_a_lower_bound_and_clamped():
+    sleeps: list[float] = []
+    faults = [Fault(page=1, attempt=1, kind="429", retry_after="0.15"),
+              Fault(page=1, attempt=2, kind="429", retry_after="3600"),
+              Fault(page=1, attempt=3, kind="429", retry_after="0")]
+    with DemoAPI(dataset="reqres", faults=faults) as api:
+        _client(api.base_url, sleeps).get_page(1)
+    assert sleeps[0] >= 0.15                       # the server's wait, at least
+    assert sleeps[1] == pytest.approx(FAST_RETRY.retry_after_max)  # clamped, not an hour
+    assert sleeps[2] > 0                           # Retry-After: 0 still backs off: no hot loop
+
+
+@pytest.mark.parametrize("kind, status, hint", [("401", 401, "API key"), ("404", 404, "base-url")])
+def test_auth_and_not_found_fail_at_once_with_the_status(kind, status, hint):
+    with DemoAPI(dataset="reqres", faults=[Fault(page=1, attempt=0, kind=kind)]) as api:
+        with pytest.raises(ApiError) as raised:
+            _client(api.base_url).get_page(1)
+        assert len(api.requests) == 1  # no retries
+    assert f"HTTP {status}" in str(raised.value) and hint in str(raised.value) and "page 1" in str(raised.value)
+
+
+def test_403_fails_at_once():
+    with ScriptedAPI(lambda r: (403, {}, {"error": "forbidden"})) as api:
+        with pytest.raises(ApiError, match="HTTP 403"):
+            _client(api.base_url).get_page(3)
+        assert len(api.requests) == 1
+
+
+def test_a_page_that_keeps_failing_names_the_page_and_the_last_error():
+    with DemoAPI(dataset="reqres", faults=[Fault(page=2, attempt=0, kind="503", retry_after="0")]) as api:
+        with pytest.raises(ApiError) as raised:
+            _client(api.base_url).get_page(2)
+        assert len(api.page_requests(2)) == FAST_RETRY.attempts
+    assert str(raised.value).startswith(f"page 2: gave up after {FAST_RETRY.attempts} attempts, last: HTTP 503")
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '{"page": 1}', '{"data": {"id": 1}}', "", "null"])
+def test_a_200_that_is_not_a_page_is_retried(body):
+    with ScriptedAPI(lambda r: (200, {}, body)) as api:
+        with pytest.raises(ApiError, match="page 1: gave up"):
+            _client(api.base_url).get_page(1)
+        assert len(api.requests) == FAST_RETRY.attempts
+
+
+def test_the_key_is_sent_as_x_api_key_and_never_appears_in_errors():
+    key = "k-0123456789abcdef"
+    with ScriptedAPI(lambda r: (500, {}, "oops")) as api:
+        with pytest.raises(ApiError) as raised:
+            ApiClient(api.base_url + f"?token={key}", 6, api_key=key, policy=FAST_RETRY,
+                      sleep=lambda s: None).get_page(1)
+        assert all(r.headers.get("x-api-key") == key for r in api.requests)
+    assert key not in str(raised.value) and "***" in str(raised.value)
+
+
+def _redirecting(target_base):
+    def respond(request):
+        if "/hop" in request.path:
+            return 200, {}, page_body(1, 6, [{"id": 1}], total_pages=1)
+        return 302, {"Location": f"{target_base}/hop"}, ""
+    return respond
+
+
+def test_the_key_is_not_forwarded_on_a_redirect_to_another_host():
+    key = "k-secret-redirect-1"
+    with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, [{"id": 1}], total_pages=1)), host="localhost") as other:
+        with ScriptedAPI(_redirecting(other.base_url.replace("/api", ""))) as origin:
+            page = ApiClient(origin.base_url, 6, api_key=key, policy=FAST_RETRY).get_page(1)
+            assert origin.requests[0].headers.get("x-api-key") == key
+        assert len(other.requests) == 1
+        assert "x-api-key" not in other.requests[0].headers
+    assert page.records == [{"id": 1}]
+
+
+def test_the_key_is_kept_on_a_same_host_redirect():
+    key = "k-secret-redirect-2"
+    holder = {}
+
+    def respond(request):
+        if "/hop" in request.path:
+            return 200, {}, page_body(1, 6, [{"id": 1}], total_pages=1)
+        return 302, {"Location": f"{holder['base']}/hop"}, ""
+
+    with ScriptedAPI(respond) as api:
+        holder["base"] = api.base_url.replace("/api", "")
+        ApiClient(api.base_url, 6, api_key=key, policy=FAST_RETRY).get_page(1)
+        assert [r.headers.get("x-api-key") for r in api.requests] == [key, key]

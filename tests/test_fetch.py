@@ -1,0 +1,248 @@
+"""Paging, concurrency, rate limits and resume, against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from conftest import FAST_RETRY, ROOT, land_records, rows, settings
+from extract.client import ApiClient, ClientStats
+from extract.demo_api import DemoAPI
+from extract.fetch import extract_run
+from extract.progress import Progress
+from extract.throttle import Throttle
+from scripted_api import ScriptedAPI, page_body
+from transform import orchestrate
+
+RECORDS = [{"id": i, "first_name": f"F{i}", "last_name": f"L{i}", "email": f"u{i}@x.io", "avatar": "a"}
+           for i in range(1, 24)]  # 23 records: 5 pages of 5, the last one short
+
+
+def paged(records=RECORDS, total_pages=lambda page, real: real, repeat_last=False, empty_from=None):
+    """A reqres-like responder over ``records`` whose total_pages and ending a test controls."""
+    def respond(request):
+        per_page = request.per_page or 6
+        real = -(-len(records) // per_page)
+        page = request.page
+        if repeat_last and page > real:
+            page = real
+        data = records[(page - 1) * per_page: page * per_page]
+        if empty_from is not None and request.page >= empty_from:
+            data = []
+        body = page_body(request.page, per_page, data, total=len(records))
+        value = total_pages(request.page, real)
+        if value is not None:
+            body["total_pages"] = value
+        return 200, {}, body
+    return respond
+
+
+def extract_with(con, base_url, per_page=5, concurrency=3, run_id=1):
+    con.execute("insert into raw.runs (run_id, started_at, status) values (?, now(), 'running')", [run_id])
+    client = ApiClient(base_url, per_page, policy=FAST_RETRY, throttle=Throttle(concurrency))
+    try:
+        return extract_run(con, run_id, client, concurrency)
+    finally:
+        client.close()
+
+
+def landed(con, run_id=1):
+    return rows(con, "select page, record_count from raw.api_pages where run_id = ? order by page", [run_id])
+
+
+# -- paging edge cases ------------------------------------------------------------------------------
+
+
+def test_pages_to_total_pages_including_a_short_last_page(con):
+    with ScriptedAPI(paged()) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3, 4, 5]
+    assert landed(con) == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 3)]
+    assert result.records_landed == 23 and result.pages_expected == 5 and not result.warnings
+
+
+def test_total_pages_growing_during_the_run_fetches_the_new_pages(con):
+    # page 1 says 3 pages; later pages say 5 (records were added meanwhile)
+    with ScriptedAPI(paged(total_pages=lambda page, real: 3 if page == 1 else real)) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3, 4, 5]
+    assert result.records_landed == 23
+    assert any("grew from 3 to 5" in w for w in result.warnings)
+
+
+def test_total_pages_shrinking_during_the_run_is_reported_not_looped(con):
+    records = RECORDS[:10]
+    with ScriptedAPI(paged(records, total_pages=lambda page, real: 5 if page == 1 else real)) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3, 4, 5]
+    assert result.records_landed == 10
+    assert "total_pages shrank from 5 to 2 during the run" in result.warnings
+    assert any(re.fullmatch(r"page [345] of 5 is empty.*", w) for w in result.warnings)
+
+
+def test_an_empty_page_before_total_pages_is_reported(con):
+    with ScriptedAPI(paged(empty_from=3)) as api:
+        result = extract_with(con, api.base_url)
+    assert result.records_landed == 10
+    assert any(re.fullmatch(r"page [345] of 5 is empty.*", w) for w in result.warnings)
+
+
+@pytest.mark.parametrize("value", [None, "five", 2.5, -1, True])
+def test_missing_or_non_integer_total_pages_pages_until_a_short_page(con, value):
+    with ScriptedAPI(paged(total_pages=lambda page, real: value)) as api:
+        result = extract_with(con, api.base_url)
+        assert api.pages_requested() == [1, 2, 3, 4, 5]
+    assert result.records_landed == 23
+    assert any("no usable total_pages" in w for w in result.warnings)
+
+
+def test_an_api_that_repeats_its_last_page_forever_stops(con):
+    records = RECORDS[:20]  # 4 full pages: no short page to stop on
+    with ScriptedAPI(paged(records, total_pages=lambda page, real: None, repeat_last=True)) as api:
+        result = extract_with(con, api.base_url)
+        assert api.pages_requested() == [1, 2, 3, 4, 5]
+    assert landed(con) == [(1, 5), (2, 5), (3, 5), (4, 5)]
+    assert result.records_landed == 20
+    assert any("page 5 repeats page 4" in w for w in result.warnings)
+
+
+def test_an_api_that_repeats_its_last_page_with_total_pages_stops_at_total_pages(con):
+    with ScriptedAPI(paged(repeat_last=True)) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3, 4, 5]
+    assert result.records_landed == 23
+
+
+def test_empty_first_page_and_data_null_stop_at_once(con):
+    with ScriptedAPI(lambda r: (200, {}, {"page": 1, "total_pages": 4, "data": None})) as api:
+        result = extract_with(con, api.base_url)
+        assert api.pages_requested() == [1]
+    assert landed(con) == [(1, 0)]
+    assert result.records_landed == 0
+    assert any("page 1 is empty although the API reports 4 pages" in w for w in result.warnings)
+
+
+# -- concurrency and the shared throttle -----------------------------------------------------------
+
+
+def test_pages_after_the_first_are_fetched_concurrently_within_the_bound(con):
+    with DemoAPI(dataset="scale", customers=400, duplicate_rate=0, faults="none", latency=0.05) as api:
+        started = time.monotonic()
+        result = extract_with(con, api.base_url, per_page=10, concurrency=4)
+        elapsed = time.monotonic() - started
+        in_flight = max(r.in_flight for r in api.requests)
+    assert result.pages_landed == 40 and result.records_landed == 400
+    assert in_flight == 4
+    assert elapsed < 40 * 0.05  # sequential would need 2 s at least
+
+
+def test_a_server_that_429s_above_two_in_flight_costs_at_most_1_5_requests_per_page(tmp_path):
+    with DemoAPI(dataset="scale", customers=1200, duplicate_rate=0, faults="none", latency=0.02,
+                 max_in_flight=2, retry_after="1") as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=20, concurrency=8, retry=FAST_RETRY.__class__(
+            attempts=8, backoff_initial=0.05, backoff_max=1.0, retry_after_max=2.0)))
+        total_requests = len(api.requests)
+        throttled = sum(1 for r in api.requests if r.status == 429)
+    assert summary.pages == 60 and summary.metadata["total_customers"] == 1200
+    assert total_requests / 60 <= 1.5, (total_requests, throttled)
+
+
+def test_throttle_rate_limit_holds_every_window(tmp_path):
+    # the same code path as --max-requests-per-minute, with the window shortened for the test
+    with DemoAPI(dataset="scale", customers=300, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url, per_page=10, concurrency=4,
+                                 max_requests_per_minute=10, rate_window=1.0))
+        times = sorted(r.time for r in api.requests)
+    assert len(times) == 30
+    for i, start in enumerate(times):
+        in_window = [t for t in times[i:] if t - start < 1.0 - 0.02]  # 20 ms slack for clock/transport
+        assert len(in_window) <= 10, (i, len(in_window))
+    assert times[-1] - times[0] >= 2.0  # 30 requests at 10 per second window need > 2 s
+
+
+def test_throttle_aimd_halves_on_429_and_recovers():
+    throttle = Throttle(8, recover_after=3)
+    throttle.on_throttled(0.0)
+    assert throttle.limit == 4
+    throttle.on_throttled(None)  # within the pause: the same congestion event
+    assert throttle.limit == 4 and throttle.pause_until > time.monotonic()
+    for _ in range(3):
+        throttle.acquire()
+        throttle.release(True)
+    assert throttle.limit == 5
+
+
+def test_progress_line_in_logs_and_quiet():
+    stream = io.StringIO()
+    stats = ClientStats(requests=12, retries=2)
+    progress = Progress(stream=stream, interval=0, stats=stats)
+
+    class Result:
+        pages_landed, records_landed = 3, 300
+
+    progress.update(Result, 10)
+    line = stream.getvalue()
+    assert line.startswith("extract: 3/10 pages, 300 records landed,") and "2 retries" in line and "ETA" in line
+    quiet = io.StringIO()
+    Progress(stream=quiet, quiet=True, interval=0).update(Result, 10)
+    assert quiet.getvalue() == ""
+
+
+# -- resume -----------------------------------------------------------------------------------------
+
+
+def test_resume_fetches_only_missing_pages(tmp_path):
+    # a run that failed on page 4 (of 5), then --resume
+    with ScriptedAPI(lambda r: (500, {}, "down") if r.page == 4 else paged()(r)) as api:
+        with pytest.raises(Exception, match="page 4"):
+            orchestrate.run(settings(tmp_path, api.base_url, per_page=5))
+    with ScriptedAPI(paged()) as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=5, resume=True))
+        assert api.pages_requested() == [4]
+    assert summary.run_id == 1 and summary.metadata["total_customers"] == 23
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select status, resumes from raw.runs") == [("succeeded", 1)]
+    assert rows(con, "select count(*), count(distinct page) from raw.api_pages") == [(5, 5)]
+    con.close()
+
+
+def test_resume_after_sigkill_mid_extraction_matches_an_uninterrupted_run(tmp_path):
+    with DemoAPI(dataset="scale", customers=3000, faults="none", latency=0.05) as api:
+        reference = tmp_path / "ref"
+        reference.mkdir()
+        orchestrate.run(settings(reference, api.base_url, per_page=25, concurrency=2))
+        api.requests.clear()
+        warehouse = tmp_path / "w.duckdb"
+        args = [sys.executable, str(ROOT / "pipeline.py"), "run", "--base-url", api.base_url, "--per-page", "25",
+                "--concurrency", "2", "--warehouse", str(warehouse), "--output", str(tmp_path / "out.json"), "-q"]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(api.requests) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        total_pages = -(-api.total_records // 25)
+        con = duckdb.connect(str(warehouse), read_only=True)
+        landed_pages = {p for (p,) in rows(con, "select page from raw.api_pages")}
+        con.close()
+        assert 0 < len(landed_pages) < total_pages
+        api.requests.clear()
+        resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120)
+        fetched = sorted(r.page for r in api.requests)
+    assert resumed.returncode == 0, resumed.stderr
+    assert fetched == sorted(set(range(1, total_pages + 1)) - landed_pages)
+    import json
+    ours = json.loads((tmp_path / "out.json").read_text())
+    theirs = json.loads((reference / "out.json").read_text())
+    assert ours["customers"] == theirs["customers"]
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select run_id, status, resumes from raw.runs") == [(1, "succeeded", 1)]
+    con.close()
