@@ -132,6 +132,9 @@ def _add_warehouse_flags(parser):
                        help="DuckDB threads (default: all cores; env PIPELINE_THREADS)")
     group.add_argument("--memory-limit", default=_env("MEMORY_LIMIT"), metavar="SIZE",
                        help="DuckDB memory_limit, e.g. 2GB (default: DuckDB's, 80%% of RAM; env PIPELINE_MEMORY_LIMIT)")
+    group.add_argument("--sql-dir", type=Path, default=Path(_env("SQL_DIR", str(orchestrate.SQL_DIR))),
+                       help="the SQL project: staging/, intermediate/, marts/, tests/, export/, macros/ "
+                            "(default: the bundled sql/; env PIPELINE_SQL_DIR)")
     group.add_argument("--storage-version", default=_env("STORAGE_VERSION", "v1.0.0"),
                        help="DuckDB storage version a new warehouse is written with, so older readers "
                             "(DBeaver's driver) open it (default %(default)s)")
@@ -238,6 +241,7 @@ def _settings(args) -> Settings:
         threads=args.threads,
         memory_limit=args.memory_limit,
         keep_runs=getattr(args, "keep_runs", None),
+        sql_dir=args.sql_dir,
     )
 
 

@@ -6,6 +6,7 @@ per-record rows, no per-page round trips, and the body text is stored byte for b
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable
 
 import duckdb
@@ -13,7 +14,7 @@ import duckdb
 from .client import Page
 
 INSERT_PAGES = """
-insert into raw.api_pages (run_id, page, url, http_status, fetched_at, attempts, record_count, body)
+insert into raw.api_pages (run_id, page, url, http_status, fetched_at, attempts, record_count, body_md5, body)
 select
     $run_id,
     unnest($pages),
@@ -22,6 +23,7 @@ select
     unnest($fetched),
     unnest($attempts),
     unnest($counts),
+    unnest($md5s),
     unnest($bodies)::json
 """
 
@@ -41,6 +43,7 @@ def land_pages(con: duckdb.DuckDBPyConnection, run_id: int, pages: Iterable[Page
             "fetched": [p.fetched_at for p in batch],
             "attempts": [p.attempts for p in batch],
             "counts": [len(p.records) for p in batch],
+            "md5s": [hashlib.md5(p.body.encode()).hexdigest() for p in batch],
             "bodies": [p.body for p in batch],
         },
     )

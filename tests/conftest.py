@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -56,8 +57,9 @@ def land_records(con, pages: list[list], run_id: int = 1, started_at: datetime |
                                "data": records})
             count = len(records)
         con.execute(
-            "insert into raw.api_pages values (?, ?, ?, 200, ?, 1, ?, ?)",
-            [run_id, number, f"http://127.0.0.1/api/users?page={number}", started_at, count, body],
+            "insert into raw.api_pages values (?, ?, ?, 200, ?, 1, ?, ?, ?)",
+            [run_id, number, f"http://127.0.0.1/api/users?page={number}", started_at, count,
+             hashlib.md5(body.encode()).hexdigest(), body],
         )
     return run_id
 

@@ -30,7 +30,8 @@ LAYERS = ("staging", "intermediate", "marts")
 SOURCES = {("raw", "api_pages"), ("raw", "runs")}
 MATERIALIZATIONS = ("table", "view")
 
-_HEADER_KEY = re.compile(r"^--\s*(grain|materialized)\s*:\s*(.+?)\s*$", re.IGNORECASE)
+_HEADER_KEY = re.compile(r"^--\s*(grain|materialized|inputs)\s*:\s*(.+?)\s*$", re.IGNORECASE)
+INPUTS = ("latest_run", "all_runs")
 _HEADER_COLUMN = re.compile(r"^--\s*column\s+([A-Za-z_][A-Za-z0-9_ /]*?)\s*:\s*(.+?)\s*$", re.IGNORECASE)
 
 
@@ -44,6 +45,7 @@ class Model:
     grain: str = ""
     materialized: str = "table"
     columns: dict[str, str] = field(default_factory=dict)
+    inputs: str = "all_runs"  # which raw data a source-reading model depends on
     sql: str = ""
     refs: set[str] = field(default_factory=set)
     sources: set[tuple[str, str]] = field(default_factory=set)
@@ -66,10 +68,10 @@ class Query:
     refs: set[str] = field(default_factory=set)
 
 
-def parse_header(text: str) -> tuple[str, str, str, dict[str, str]]:
-    """(description, grain, materialized, columns) from the leading ``--`` comment block."""
+def parse_header(text: str) -> tuple[str, str, str, dict[str, str], str]:
+    """(description, grain, materialized, columns, inputs) from the leading ``--`` comment block."""
     description_lines: list[str] = []
-    grain, materialized, columns = "", "table", {}
+    grain, materialized, columns, inputs = "", "table", {}, "all_runs"
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped:
@@ -80,6 +82,8 @@ def parse_header(text: str) -> tuple[str, str, str, dict[str, str]]:
             key, value = match[1].lower(), match[2]
             if key == "grain":
                 grain = value
+            elif key == "inputs":
+                inputs = value.lower()
             else:
                 materialized = value.lower()
         elif match := _HEADER_COLUMN.match(stripped):
@@ -87,7 +91,7 @@ def parse_header(text: str) -> tuple[str, str, str, dict[str, str]]:
                 columns[name.strip()] = match[2]
         elif not grain and not columns:
             description_lines.append(stripped[2:].strip())
-    return " ".join(description_lines), grain, materialized, columns
+    return " ".join(description_lines), grain, materialized, columns, inputs
 
 
 def _hash(*parts: str) -> str:
@@ -123,14 +127,18 @@ class Project:
                     other = self.models[name].path
                     raise ModelError(f"two models are named {name}: {self._rel(other)} and {self._rel(path)}")
                 template = path.read_text(encoding="utf-8")
-                description, grain, materialized, columns = parse_header(template)
+                description, grain, materialized, columns, inputs = parse_header(template)
                 if materialized not in MATERIALIZATIONS:
                     raise ModelError(
                         f"{self._rel(path)}: materialized must be table or view, not {materialized!r}"
                     )
-                self.models[name] = Model(name, layer, path, template, description, grain, materialized, columns)
+                if inputs not in INPUTS:
+                    raise ModelError(f"{self._rel(path)}: inputs must be one of {', '.join(INPUTS)}, not {inputs!r}")
+                self.models[name] = Model(name, layer, path, template, description, grain, materialized,
+                                          columns, inputs)
         if not self.models:
             raise ModelError(f"no models found under {self.sql_dir}/{{{','.join(LAYERS)}}}/")
+        self.macros = [(p, p.read_text(encoding="utf-8")) for p in sorted((self.sql_dir / "macros").glob("*.sql"))]
         for folder, target in (("tests", self.tests), ("export", self.queries)):
             for path in sorted((self.sql_dir / folder).glob("*.sql")):
                 template = path.read_text(encoding="utf-8")
@@ -163,8 +171,12 @@ class Project:
             return f"{schema}.{table}"
 
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        env.globals.update(ref=ref, source=source)
         try:
-            sql = env.from_string(template).render(ref=ref, source=source)
+            for macro_path, macro_text in self.macros:
+                module = env.from_string(macro_text).make_module()
+                env.globals.update({k: getattr(module, k) for k in dir(module) if not k.startswith("_")})
+            sql = env.from_string(template).render()
         except ModelError:
             raise
         except jinja2.TemplateError as exc:

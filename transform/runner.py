@@ -12,6 +12,7 @@ reads) match what is published is skipped and logged as such.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,21 @@ from extract.errors import DataTestError, ModelError
 from .project import Model, Project
 from .warehouse import sql_literal, utcnow
 
-CURRENT_RUN = "select coalesce(max(run_id), 0) from raw.runs where extracted_at is not null"
+# The data a source-reading model depends on, as a content hash (header ``-- inputs:``):
+# a re-run that lands byte-identical pages changes nothing a ``latest_run`` model reads.
+SOURCE_STATES = {
+    "latest_run": """
+        select coalesce(md5(string_agg(body_md5, ',' order by page)), 'empty')
+        from {{ source('raw', 'api_pages') }}
+        where run_id = {{ latest_extracted_run() }}
+    """,
+    "all_runs": """
+        select coalesce(md5(string_agg(run_id || ':' || body_md5, ',' order by run_id, page)), 'empty')
+        from {{ source('raw', 'api_pages') }}
+        where run_id in (select run_id from {{ source('raw', 'runs') }} where extracted_at is not null)
+    """,
+    "run_id": "select coalesce({{ latest_extracted_run() }}, 0)",
+}
 
 
 @dataclass
@@ -92,17 +107,32 @@ class Runner:
         self.run_id = run_id
         self.log = log
 
-    def input_state(self) -> int:
-        return self.con.execute(CURRENT_RUN).fetchone()[0]
+    def _source_state(self, kind: str):
+        sql, _, _ = self.project.render(SOURCE_STATES[kind], self.project.sql_dir / "macros")
+        return self.con.execute(sql).fetchone()[0]
 
-    def _input_states(self, input_run: int) -> dict[str, str]:
+    def input_state(self) -> int:
+        """The run the models will describe (0 when no run has landed yet)."""
+        return self._source_state("run_id")
+
+    def _input_states(self) -> dict[str, str]:
+        """Per model: a hash of the raw data it reads, directly or through its parents."""
+        sources = {kind: self._source_state(kind) for kind in ("latest_run", "all_runs")}
         states: dict[str, str] = {}
         for model in self.project.order:
-            own = [f"raw@{input_run}"] if model.sources else []
-            states[model.name] = "|".join(own + [states[p] for p in sorted(model.refs)]) or "const"
-            if len(states[model.name]) > 64:
-                states[model.name] = f"raw@{input_run}"
+            parts = [f"{model.inputs}={sources[model.inputs]}"] if model.sources else []
+            parts += [states[parent] for parent in sorted(model.refs)]
+            states[model.name] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
         return states
+
+    def _unchanged(self, model: Model, published: dict, states: dict) -> bool:
+        """A view stores no data: only its SQL matters. A table also depends on its inputs."""
+        if _existing_kind(self.con, model.schema, model.name) != model.materialized:
+            return False
+        built = published.get(model.name)
+        if built is None or built[0] != model.version:
+            return False
+        return model.materialized == "view" or built[1] == states[model.name]
 
     # -- build ---------------------------------------------------------------------------
 
@@ -110,18 +140,21 @@ class Runner:
         input_run = self.input_state()
         if input_run == 0:
             raise ModelError("nothing to build: no run has landed its pages yet (run `python pipeline.py extract` or `run`)")
-        states = self._input_states(input_run)
+        states = self._input_states()
         published = _published(self.con)
         results: list[ModelResult] = []
         self.con.execute("begin transaction")
         try:
             for model in self.project.order:
-                key = (model.version, states[model.name])
-                exists = _existing_kind(self.con, model.schema, model.name) == model.materialized
-                if not force and exists and published.get(model.name) == key:
+                if not force and self._unchanged(model, published, states):
                     results.append(ModelResult(model.name, model.relation, model.version, "skipped", None, 0.0))
+                    why = "same SQL" if model.materialized == "view" else "same SQL and inputs"
+                    self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
                 results.append(self._build(model))
+                built = results[-1]
+                rows = "" if built.rows is None else f", {built.rows:,} rows"
+                self.log(f"  {model.relation}: built {model.materialized} (version {model.version}{rows}, {built.seconds:.2f}s)")
             tests = self.run_tests()
             failing = [t for t in tests if t.status != "pass"]
             if failing:

@@ -53,6 +53,7 @@ create table if not exists raw.api_pages (
     fetched_at    timestamptz not null,
     attempts      smallint not null,
     record_count  integer not null,
+    body_md5      varchar not null,
     body          json not null
 );
 create table if not exists meta.model_builds (

@@ -13,19 +13,9 @@ staged as (
 
 ),
 
-runs as (
-
-    select * from {{ source('raw', 'runs') }}
-
-),
-
 run as (
 
-    select
-        runs.run_id,
-        runs.source_url
-    from runs
-    where runs.run_id = (select max(run_id) from staged)
+    select * from {{ ref('stg_pipeline__current_run') }}
 
 ),
 

@@ -15,6 +15,23 @@ customers as (
 
 ),
 
+current_run as (
+
+    select * from {{ ref('stg_pipeline__current_run') }}
+
+),
+
+with_run as (
+
+    select
+        customers.*,
+        current_run.run_id,
+        current_run.started_at as run_started_at
+    from customers
+    cross join current_run
+
+),
+
 hashed as (
 
     -- first 32 bits of md5('<field>:<customer_id>'), one independent draw per field
@@ -25,7 +42,7 @@ hashed as (
         ('0x' || left(md5('acquisition_channel:' || customer_id::varchar), 8))::ubigint as channel_draw,
         ('0x' || left(md5('market_segment:' || customer_id::varchar), 8))::ubigint as segment_draw,
         ('0x' || left(md5('customer_tier:' || customer_id::varchar), 8))::ubigint as tier_draw
-    from customers
+    from with_run
 
 ),
 

@@ -21,12 +21,18 @@ validated as (
 
     select
         *,
-        regexp_full_match(email, '[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+') as email_is_valid,
+        regexp_full_match(email, '[^@{{ ws() }}]+@[^@{{ ws() }}]+\.[^@{{ ws() }}]+') as email_is_valid,
         case
             when try_cast(engagement_score_text as double) between 0 and 100
                 then try_cast(engagement_score_text as double)
         end as engagement_score,
-        try_cast(last_activity_text as timestamptz) as last_activity_at
+        -- ISO-8601 only: DuckDB's cast alone would also take words like 'epoch' and 'infinity'
+        case
+            when regexp_full_match(
+                last_activity_text,
+                '[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?'
+            ) then try_cast(replace(last_activity_text, ',', '.') as timestamptz)
+        end as last_activity_at
     from users
 
 ),

@@ -1,5 +1,7 @@
 -- Records of the latest run that cannot be keyed (no usable id): kept here with the reason, never dropped silently.
--- grain: one row per unkeyed received record (run_id, page, position_in_page)
+-- grain: one row per unkeyed received record of the latest run (page, position_in_page)
+-- column page: API page the record was received on.
+-- column position_in_page: 1-based position of the record within its page.
 -- materialized: table
 -- column reason: not_an_object, missing_id or invalid_id.
 -- column record: The record exactly as received.
@@ -14,12 +16,10 @@ users as (
 quarantined as (
 
     select
-        run_id,
         page,
         position_in_page,
         quarantine_reason as reason,
-        record,
-        fetched_at
+        record
     from users
     where not is_keyed
 

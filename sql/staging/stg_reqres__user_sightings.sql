@@ -1,6 +1,7 @@
 -- Every time any run saw a customer id: the history behind first_seen_at / last_seen_at.
 -- grain: one row per (run_id, customer_id) over every run whose extraction completed
 -- materialized: view
+-- inputs: all_runs
 -- column run_id: The run that received the id.
 -- column customer_id: The API's id as an integer (records without a usable id are left out).
 -- column seen_at: When the first page carrying the id in that run was fetched (UTC).
@@ -31,10 +32,20 @@ ids as (
     select
         api_pages.run_id,
         api_pages.fetched_at,
-        trim(unnest(json_extract_string(api_pages.body, '$.data[*].id'))) as id_text
+        unnest(json_extract_string(api_pages.body, '$.data[*].id')) as id_text_raw
     from api_pages
     inner join extracted_runs
         on api_pages.run_id = extracted_runs.run_id
+
+),
+
+trimmed as (
+
+    select
+        run_id,
+        fetched_at,
+        {{ trim_text('id_text_raw') }} as id_text
+    from ids
 
 ),
 
@@ -44,7 +55,7 @@ typed as (
         run_id,
         id_text::bigint as customer_id,
         fetched_at
-    from ids
+    from trimmed
     where regexp_full_match(id_text, '-?[0-9]{1,18}')
 
 ),

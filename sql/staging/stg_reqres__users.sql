@@ -1,11 +1,9 @@
 -- The users of the run being built, one row per record exactly as received: typed, trimmed, standardized.
--- grain: one row per received record (run_id, page, position_in_page); records without a usable id are kept (is_keyed = false)
+-- grain: one row per received record (page, position_in_page) of the latest run whose extraction completed; records without a usable id are kept (is_keyed = false)
 -- materialized: table
--- column run_id: The run whose pages these records came from: the latest run whose extraction completed.
+-- inputs: latest_run
 -- column page: API page the record was received on.
 -- column position_in_page: 1-based position of the record within its page.
--- column fetched_at: When the page was fetched (UTC).
--- column run_started_at: When the run started; activity recency is measured against it.
 -- column customer_id: The API's id as an integer; NULL when missing or not an integer ("7" casts, "abc" does not).
 -- column is_keyed: True when the record has a usable customer_id; false rows go to marts.quarantined_records.
 -- column quarantine_reason: Why an unkeyed record cannot be used: not_an_object, missing_id or invalid_id.
@@ -20,52 +18,26 @@
 -- column record: The record's JSON exactly as received.
 with
 
-runs as (
-
-    select * from {{ source('raw', 'runs') }}
-
-),
-
 api_pages as (
 
     select * from {{ source('raw', 'api_pages') }}
 
 ),
 
-current_run as (
-
-    -- the marts describe the latest run whose extraction completed
-    select
-        run_id,
-        started_at
-    from runs
-    where extracted_at is not null
-    order by run_id desc
-    limit 1
-
-),
-
 run_pages as (
 
     select
-        api_pages.run_id,
-        api_pages.page,
-        api_pages.fetched_at,
-        current_run.started_at as run_started_at,
-        json_extract(api_pages.body, '$.data[*]') as records
+        page,
+        json_extract(body, '$.data[*]') as records
     from api_pages
-    inner join current_run
-        on api_pages.run_id = current_run.run_id
+    where run_id = {{ latest_extracted_run() }}
 
 ),
 
 received as (
 
     select
-        run_id,
         page,
-        fetched_at,
-        run_started_at,
         unnest(records) as record,
         generate_subscripts(records, 1) as position_in_page
     from run_pages
@@ -77,7 +49,7 @@ extracted as (
     select
         *,
         json_type(record) = 'OBJECT' as is_object,
-        trim(record ->> 'id') as id_text,
+        {{ trim_text("record ->> 'id'") }} as id_text,
         record ->> 'first_name' as first_name_text,
         record ->> 'last_name' as last_name_text,
         record ->> 'email' as email_text,
@@ -94,7 +66,6 @@ standardized as (
 
     select
         ---------- ids
-        run_id,
         page,
         position_in_page,
         case
@@ -102,10 +73,10 @@ standardized as (
         end as customer_id,
 
         ---------- strings
-        nullif(trim(regexp_replace(first_name_text, '[[:space:]]+', ' ', 'g')), '') as first_name,
-        nullif(trim(regexp_replace(last_name_text, '[[:space:]]+', ' ', 'g')), '') as last_name,
-        nullif(lower(regexp_replace(email_text, '^[[:space:]]+|[[:space:]]+$', '', 'g')), '') as email,
-        nullif(regexp_replace(avatar_text, '^[[:space:]]+|[[:space:]]+$', '', 'g'), '') as avatar_url,
+        {{ clean_text('first_name_text') }} as first_name,
+        {{ clean_text('last_name_text') }} as last_name,
+        lower({{ trim_text('email_text') }}) as email,
+        {{ trim_text('avatar_text') }} as avatar_url,
         engagement_score_text,
         last_activity_text,
         case
@@ -118,10 +89,6 @@ standardized as (
         coalesce(is_object, false) and coalesce(regexp_full_match(id_text, '-?[0-9]{1,18}'), false) as is_keyed,
         coalesce(has_engagement_score, false) as has_engagement_score,
         coalesce(has_last_activity_at, false) as has_last_activity_at,
-
-        ---------- timestamps
-        fetched_at,
-        run_started_at,
 
         ---------- raw
         record

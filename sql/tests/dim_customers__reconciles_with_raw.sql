@@ -8,18 +8,11 @@ staged as (
 
 ),
 
-run as (
-
-    select distinct run_id from staged
-
-),
-
 landed as (
 
-    select coalesce(sum(api_pages.record_count), 0) as records
-    from {{ source('raw', 'api_pages') }} as api_pages
-    inner join run
-        on api_pages.run_id = run.run_id
+    select coalesce(sum(record_count), 0) as records
+    from {{ source('raw', 'api_pages') }}
+    where run_id = {{ latest_extracted_run() }}
 
 ),
 

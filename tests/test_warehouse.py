@@ -1,0 +1,386 @@
+"""The warehouse analysts trust: write-audit-publish, versions, locks, compatibility, comments."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import ROOT, SQL_DIR, dicts, rows, run_cli, settings
+from extract.demo_api import DemoAPI
+from extract.errors import DataTestError
+from transform import orchestrate
+
+
+@pytest.fixture(scope="module")
+def api():
+    with DemoAPI(dataset="demo", faults="none") as server:
+        yield server
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def snapshot(warehouse: Path) -> list[tuple]:
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return rows(con, "select * from marts.dim_customers order by customer_id")
+    finally:
+        con.close()
+
+
+def copy_sql(tmp_path: Path) -> Path:
+    target = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, target)
+    return target
+
+
+# -- write-audit-publish -------------------------------------------------------------------------
+
+
+def test_a_failing_data_test_publishes_nothing(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    before, export_before = snapshot(warehouse), (tmp_path / "out.json").read_bytes()
+    sql = copy_sql(tmp_path)
+    (sql / "tests" / "always_fails.sql").write_text(
+        "-- a test that flags every customer\nselect customer_id from {{ ref('dim_customers') }}\n"
+    )
+    # and a model change that would alter the mart if it were published
+    scored = sql / "intermediate" / "int_customers_scored.sql"
+    scored.write_text(scored.read_text().replace("100 - 10 * len(quality_issues)", "90 - 10 * len(quality_issues)"))
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "data tests failed, nothing was published: always_fails" in errors[0]
+    assert snapshot(warehouse) == before
+    assert (tmp_path / "out.json").read_bytes() == export_before
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select status, failed_stage from raw.runs where run_id = 2") == [("failed", "build")]
+    assert rows(con, "select failing_rows, status from meta.test_results where run_id = 2 and test = 'always_fails'") \
+        == [(270, "fail")]
+    assert rows(con, "select distinct status from meta.model_builds where run_id = 2") == [("rolled_back",)]
+    con.close()
+
+
+def test_a_model_with_a_sql_error_names_the_file_and_line_and_publishes_nothing(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    before = snapshot(warehouse)
+    sql = copy_sql(tmp_path)
+    model = sql / "intermediate" / "int_customers_deduplicated.sql"
+    model.write_text(model.read_text().replace("count(*) over", "count(no_such_column) over"))
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1
+    assert "model int_customers_deduplicated failed to build (sql/intermediate/int_customers_deduplicated.sql:" in errors[0]
+    assert "no_such_column" in errors[0]
+    assert snapshot(warehouse) == before
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda sql: (sql / "marts" / "dim_customers.sql").write_text("select * from {{ ref('nope') }}"),
+         "sql/marts/dim_customers.sql: ref('nope') names no model"),
+        (lambda sql: (sql / "staging" / "stg_pipeline__current_run.sql").write_text(
+            "select * from {{ ref('customer_quality_summary') }}"), "models form a cycle:"),
+        (lambda sql: shutil.rmtree(sql), "no SQL project at"),
+        (lambda sql: [p.unlink() for p in (sql / "staging").glob("*.sql")], "') names no model (models:"),
+        (lambda sql: (sql / "marts" / "dim_customers.sql").write_text("select {{ 1 + }}"), "template error"),
+    ],
+    ids=["unknown-ref", "cycle", "missing-sql-dir", "missing-model", "bad-jinja"],
+)
+def test_a_broken_project_is_one_line_and_touches_nothing(tmp_path, api, change, message):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    before_db, before_export = warehouse.read_bytes(), (tmp_path / "out.json").read_bytes()
+    sql = copy_sql(tmp_path)
+    change(sql)
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert warehouse.read_bytes() == before_db  # not even a run row: the project is checked first
+    assert (tmp_path / "out.json").read_bytes() == before_export
+
+
+# -- versions --------------------------------------------------------------------------------------
+
+
+def test_editing_one_model_re_versions_it_and_its_downstream_only_and_rebuilds_just_those(tmp_path, api):
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    orchestrate.run(settings(tmp_path, api.base_url))
+    sql = copy_sql(tmp_path)
+    dedup = sql / "intermediate" / "int_customers_deduplicated.sql"
+    dedup.write_text(dedup.read_text().replace("-- materialized: view", "-- materialized: view\n-- edited"))
+    status = run_cli("status", "--warehouse", str(warehouse), "--sql-dir", str(sql), "--json")
+    assert status.returncode == 0, status.stderr
+    changed = {m["model"] for m in json.loads(status.stdout)["models"] if m["changed"]}
+    assert changed == {"intermediate.int_customers_deduplicated", "intermediate.int_customers_enriched",
+                       "marts.dim_customers", "marts.customer_quality_summary"}
+    text = run_cli("status", "--warehouse", str(warehouse), "--sql-dir", str(sql)).stdout
+    assert "SQL changed since build" in text and "up to date" in text
+    orchestrate.run(settings(tmp_path, api.base_url, sql_dir=sql))
+    con = duckdb.connect(str(warehouse), read_only=True)
+    built = dict(rows(con, "select model, status from meta.model_builds where run_id = 2"))
+    con.close()
+    assert {m for m, s in built.items() if s == "built"} == {
+        "int_customers_deduplicated", "int_customers_enriched", "dim_customers", "customer_quality_summary"}
+    assert {m for m, s in built.items() if s == "skipped"} == {
+        "stg_pipeline__current_run", "stg_reqres__user_sightings", "stg_reqres__users", "int_customers_scored",
+        "quarantined_records"}
+
+
+def test_new_data_rebuilds_the_tables_that_read_it(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    with DemoAPI(dataset="scale", customers=20, duplicate_rate=0, faults="none") as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url))
+    assert "stg_reqres__users" in summary.built and "dim_customers" in summary.built
+    assert summary.metadata["total_customers"] == 20
+
+
+def test_history_first_and_last_seen_across_runs_and_keep_runs(tmp_path, api):
+    for _ in range(3):
+        orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    con = duckdb.connect(str(warehouse), read_only=True)
+    seen = dicts(con, "select min(runs_seen) as lo, max(runs_seen) as hi, "
+                      "bool_and(first_seen_at < last_seen_at) as ordered from marts.dim_customers")
+    con.close()
+    assert seen == [{"lo": 3, "hi": 3, "ordered": True}]
+    orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select distinct run_id from raw.api_pages order by 1") == [(3,), (4,)]
+    assert rows(con, "select count(*) from raw.runs") == [(4,)]  # the runs table keeps every run
+    assert rows(con, "select max(runs_seen) from marts.dim_customers") == [(2,)]
+    con.close()
+
+
+def test_every_published_table_and_column_has_a_comment(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    missing_tables = rows(con, """
+        select schema_name, table_name from duckdb_tables()
+        where schema_name in ('staging', 'intermediate', 'marts', 'raw', 'meta') and comment is null
+        union all
+        select schema_name, view_name from duckdb_views()
+        where schema_name in ('staging', 'intermediate', 'marts') and comment is null""")
+    missing_columns = rows(con, """
+        select schema_name, table_name, column_name from duckdb_columns()
+        where schema_name in ('marts') and comment is null""")
+    con.close()
+    assert missing_tables == []
+    assert missing_columns == []
+
+
+# -- locks -----------------------------------------------------------------------------------------
+
+
+HOLDER = """
+import duckdb, sys, time
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then_recover(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    before = snapshot(warehouse)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                         "--output", str(tmp_path / "out.json"), "--lock-timeout", "2")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and f"PID {holder.pid}" in errors[0] and "--lock-timeout" in errors[0]
+    assert 2 <= elapsed < 15
+    after = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                    "--output", str(tmp_path / "out.json"), "--quiet")
+    assert after.returncode == 0, after.stderr
+    assert snapshot(warehouse)[0][0] == before[0][0]
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select run_id, status from raw.runs order by run_id") == [(1, "succeeded"), (2, "succeeded")]
+    con.close()
+
+
+def test_a_run_waits_for_a_short_lived_holder(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "1.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--lock-timeout", "20", "--quiet")
+    holder.wait()
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_runs_at_once_one_refuses_clearly(tmp_path):
+    with DemoAPI(dataset="scale", customers=2000, faults="none", latency=0.05) as api:
+        warehouse = tmp_path / "w.duckdb"
+        args = [sys.executable, str(ROOT / "pipeline.py"), "run", "--base-url", api.base_url, "--per-page", "50",
+                "--concurrency", "1", "--warehouse", str(warehouse), "--quiet"]
+        first = subprocess.Popen(args + ["--output", str(tmp_path / "a.json")], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not api.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(args + ["--output", str(tmp_path / "b.json")], capture_output=True, text=True,
+                                timeout=60)
+        first_err = first.communicate(timeout=120)[1]
+    assert first.returncode == 0, first_err
+    assert second.returncode == 1
+    errors = error_lines(second.stderr)
+    assert len(errors) == 1 and "another pipeline run is using" in errors[0]
+    assert f"pid {first.pid}" in errors[0] and "since 20" in errors[0]
+    assert (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+
+
+def test_a_stale_run_lock_from_a_dead_process_is_cleared(tmp_path, api):
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    warehouse.parent.mkdir(parents=True)
+    Path(str(warehouse) + ".lock").write_text("pid 999999 (run) since 2026-01-01T00:00:00Z")
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    assert "cleared a stale run lock (pid 999999" in result.stderr
+
+
+# -- damaged warehouses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"this is not a database\n" * 100, b""], ids=["text-file", "empty-file"])
+def test_a_file_that_is_not_duckdb_is_one_line_and_left_untouched(tmp_path, api, content):
+    warehouse = tmp_path / "w.duckdb"
+    warehouse.write_bytes(content)
+    requests_before = len(api.requests)
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "cannot be opened as a DuckDB database" in errors[0]
+    assert "it is left untouched" in errors[0]
+    assert warehouse.read_bytes() == content
+    assert len(api.requests) == requests_before  # nothing fetched
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_truncated_warehouse_is_one_line_and_left_untouched(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    data = warehouse.read_bytes()
+    warehouse.write_bytes(data[: len(data) // 3])
+    truncated = warehouse.read_bytes()
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 1
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr
+    assert warehouse.read_bytes() == truncated
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing-folder", "read-only-folder"])
+def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind):
+    if kind == "directory":
+        output = tmp_path / "outdir"
+        output.mkdir()
+        fragment = "is a directory"
+    elif kind == "missing-folder":
+        output = tmp_path / "nope" / "out.json"
+        fragment = "does not exist"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root can write into read-only folders")
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        output = folder / "out.json"
+        fragment = "not writable"
+    requests_before = len(api.requests)
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(output))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and fragment in errors[0]
+    assert len(api.requests) == requests_before  # nothing fetched
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+# -- compatibility with older readers ----------------------------------------------------------------
+
+
+def _old_duckdb() -> Path | None:
+    for candidate in (os.environ.get("PIPELINE_TEST_DUCKDB_1_1"), ROOT / ".ci" / "duckdb-1.1", "/work/duckdb-1.1"):
+        if candidate and (Path(candidate) / "duckdb").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+def _duckdb_cli() -> Path | None:
+    for candidate in (os.environ.get("PIPELINE_TEST_DUCKDB_CLI_DIR"), ROOT / ".ci" / "duckdb-cli", "/work/duckdb-cli"):
+        if candidate and (Path(candidate) / "duckdb_cli" / "duckdb").is_file():
+            return (Path(candidate) / "duckdb_cli" / "duckdb").resolve()
+    found = shutil.which("duckdb")
+    return Path(found) if found else None
+
+
+READER = """
+import duckdb, json, sys
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(json.dumps({
+    "version": duckdb.__version__,
+    "customers": con.execute("select count(*) from marts.dim_customers").fetchone()[0],
+    "buckets": con.execute("select list(customers order by quality_bucket) from marts.customer_quality_summary").fetchone()[0],
+    "view_rows": con.execute("select count(*) from intermediate.int_customers_enriched").fetchone()[0],
+    "pages": con.execute("select count(*) from raw.api_pages where json_valid(body)").fetchone()[0],
+}))
+"""
+
+
+def test_duckdb_1_1_opens_the_warehouse_read_only(tmp_path, api):
+    old = _old_duckdb()
+    if old is None:
+        pytest.skip("duckdb==1.1.3 not installed (.ci/run installs it into .ci/duckdb-1.1)")
+    summary = orchestrate.run(settings(tmp_path, api.base_url))
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    result = subprocess.run([sys.executable, "-c", READER, str(tmp_path / "warehouse" / "customers.duckdb")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["version"].startswith("1.1.")
+    assert seen["customers"] == summary.metadata["total_customers"] == seen["view_rows"]
+    assert sum(seen["buckets"]) == seen["customers"] and seen["pages"] == summary.pages
+
+
+def test_duckdb_1_5_cli_opens_the_warehouse_read_only(tmp_path, api):
+    cli = _duckdb_cli()
+    if cli is None:
+        pytest.skip("the DuckDB CLI is not installed (.ci/run installs duckdb-cli 1.5 into .ci/duckdb-cli)")
+    summary = orchestrate.run(settings(tmp_path, api.base_url))
+    result = subprocess.run(
+        [str(cli), "-readonly", "-csv", str(tmp_path / "warehouse" / "customers.duckdb"), "-c",
+         "select version(), count(*) from marts.dim_customers"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    version, count = result.stdout.strip().splitlines()[-1].split(",")
+    assert version.startswith("v1.5") and int(count) == summary.metadata["total_customers"]
