@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Extraction at the API's speed limit: sequential vs concurrent paging, 429 storms, rate limit.
+
+    python benchmarks/extract_bench.py [--pages 200] [--latency 0.05] [--concurrency 8] [--repeat 3]
+    python benchmarks/extract_bench.py --rate-check      # + the 20-requests-a-minute check (~70 s)
+
+The demo API runs in this process (dataset "scale", per_page chosen so there are exactly
+``--pages`` pages, ``--latency`` seconds per answer, no injected faults) and the whole
+pipeline (``transform.orchestrate.run``: extract, build, export into a temp warehouse) runs
+against it:
+
+1. speed: the run with concurrency 1 (sequential) and with ``--concurrency``, median of
+   ``--repeat``; pages/s of the run and of the extract stage; the speedup (goal >= 6x at
+   200 pages x 50 ms, concurrency 8);
+2. politeness under 429s: the server answers 429 (Retry-After: 1) whenever more than 2
+   requests are in flight; with ``--concurrency`` the client should adapt (AIMD throttle):
+   requests, 429s, requests per page (goal <= 1.5), wall time;
+3. ``--rate-check``: 25 pages with max_requests_per_minute=20; from the server's own
+   request log, the most requests in any 60-second window (goal <= 20).
+
+Timings are reported, never asserted; the exit status is 0 unless a run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _bench import Report, Table, fmt, machine, machine_line  # noqa: E402
+
+DUPLICATE_RATE = 0.2
+DAMAGED_RATE = 0.05
+GOAL_SPEEDUP = 6.0
+GOAL_REQUESTS_PER_PAGE = 1.5
+RATE_LIMIT = 20
+RATE_PAGES = 25
+
+
+def customers_for(pages: int, per_page: int) -> int:
+    """Distinct customers of the scale dataset that make exactly ``pages`` pages of ``per_page``."""
+
+    def total(c: int) -> int:
+        return c + (round(c * DUPLICATE_RATE) if c else 0)
+
+    c = max(1, int(pages * per_page / (1 + DUPLICATE_RATE)))
+    while c > 1 and math.ceil(total(c) / per_page) > pages:
+        c -= 1
+    while math.ceil(total(c) / per_page) < pages:
+        c += 1
+    if math.ceil(total(c) / per_page) != pages:
+        raise SystemExit(f"cannot make exactly {pages} pages of {per_page}")
+    return c
+
+
+def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_in_flight: int | None = None,
+            max_requests_per_minute: int | None = None) -> dict:
+    """A fresh demo API and a fresh warehouse; the whole run, timed."""
+    from extract.demo_api import DemoAPI
+    from transform import orchestrate
+    from transform.orchestrate import Settings
+
+    customers = customers_for(pages, per_page)
+    with DemoAPI(dataset="scale", customers=customers, duplicate_rate=DUPLICATE_RATE, damaged_rate=DAMAGED_RATE,
+                 faults="none", latency=latency, max_in_flight=max_in_flight, retry_after="1") as api, \
+            tempfile.TemporaryDirectory(prefix="extract_bench_") as tmp:
+        settings = Settings(base_url=api.base_url, per_page=per_page, concurrency=concurrency,
+                            max_requests_per_minute=max_requests_per_minute,
+                            warehouse=Path(tmp) / "w.duckdb", output=Path(tmp) / "out.json", quiet=True)
+        started = time.perf_counter()
+        summary = orchestrate.run(settings)
+        wall = time.perf_counter() - started
+        log = list(api.requests)
+    if summary.pages != pages:
+        raise SystemExit(f"expected {pages} pages, the run landed {summary.pages}")
+    return {
+        "wall": wall,
+        "extract": summary.stage_seconds.get("extract"),
+        "pages": summary.pages,
+        "records": summary.records,
+        "requests": len(log),
+        "throttled": sum(1 for r in log if r.status == 429),
+        "retries": summary.retries,
+        "max_in_flight_seen": max((r.in_flight for r in log), default=0),
+        "arrivals": sorted(r.time for r in log),
+    }
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    best, j = 0, 0
+    for i, t in enumerate(times):  # times sorted; count arrivals in [times[j], times[j] + window)
+        while t - times[j] >= window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def speed(rep: Report, args) -> None:
+    rep.heading(f"Speed: {args.pages} pages x {args.per_page} records, {args.latency * 1000:.0f} ms latency per "
+                f"request, median of {args.repeat}", 3)
+    table = Table(["mode", "concurrency", "run s", "extract s", "pages/s (run)", "pages/s (extract)",
+                   "requests", "retries"])
+    medians = {}
+    for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+        runs = [one_run(args.pages, args.per_page, args.latency, concurrency) for _ in range(args.repeat)]
+        wall = statistics.median(r["wall"] for r in runs)
+        extract = statistics.median(r["extract"] for r in runs)
+        medians[label] = (wall, extract)
+        table.add(label, concurrency, wall, extract, args.pages / wall, args.pages / extract,
+                  max(r["requests"] for r in runs), max(r["retries"] for r in runs))
+    rep.table(table)
+    run_x = medians["sequential"][0] / medians["concurrent"][0]
+    extract_x = medians["sequential"][1] / medians["concurrent"][1]
+    goal = f"goal >= {GOAL_SPEEDUP:.0f}x at 200 pages x 50 ms, concurrency 8"
+    rep.line(f"speedup: whole run {run_x:.1f}x ({'MET' if run_x >= GOAL_SPEEDUP else 'NOT MET'}), extract stage "
+             f"{extract_x:.1f}x ({'MET' if extract_x >= GOAL_SPEEDUP else 'NOT MET'}); {goal}")
+    ideal = args.pages * args.latency
+    rep.line(f"for scale: {args.pages} x {args.latency * 1000:.0f} ms = {ideal:.1f} s of pure latency sequentially, "
+             f"{ideal / args.concurrency:.2f} s at perfect {args.concurrency}-way overlap")
+
+
+def throttled(rep: Report, args) -> None:
+    rep.heading(f"429s: the server answers 429 (Retry-After: 1) above 2 requests in flight; "
+                f"client concurrency {args.concurrency}", 3)
+    table = Table(["run", "pages", "requests", "429s", "retries", "requests/page", "run s", "extract s"])
+    worst = 0.0
+    for i in range(args.repeat):
+        r = one_run(args.pages, args.per_page, args.latency, args.concurrency, max_in_flight=2)
+        per_page = r["requests"] / r["pages"]
+        worst = max(worst, per_page)
+        table.add(i + 1, r["pages"], r["requests"], r["throttled"], r["retries"], f"{per_page:.2f}",
+                  r["wall"], r["extract"])
+    rep.table(table)
+    rep.line(f"requests per page: worst {worst:.2f} (goal <= {GOAL_REQUESTS_PER_PAGE}): "
+             f"{'MET' if worst <= GOAL_REQUESTS_PER_PAGE else 'NOT MET'}")
+
+
+def rate_check(rep: Report, args) -> None:
+    rep.heading(f"Rate limit: {RATE_PAGES} pages with max_requests_per_minute={RATE_LIMIT} "
+                f"(concurrency {args.concurrency})", 3)
+    r = one_run(RATE_PAGES, args.per_page, 0.0, args.concurrency, max_requests_per_minute=RATE_LIMIT)
+    arrivals = r["arrivals"]
+    worst = max_in_window(arrivals, 60.0)
+    span = min((arrivals[i + RATE_LIMIT] - arrivals[i] for i in range(len(arrivals) - RATE_LIMIT)), default=None)
+    table = Table(["requests", "max in any 60 s window", f"min span of {RATE_LIMIT + 1} requests", "run s", "verdict"])
+    table.add(r["requests"], worst, f"{span:.3f} s" if span is not None else "—", r["wall"],
+              "OK" if worst <= RATE_LIMIT else "OVER LIMIT")
+    rep.table(table)
+    rep.line("from the server's request log (arrival times); the span of any 21 consecutive requests must be >= 60 s")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="extract_bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=200, help="pages the API serves (default %(default)s)")
+    parser.add_argument("--per-page", type=int, default=100, help="records per page (default %(default)s)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent run (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (default %(default)s)")
+    parser.add_argument("--rate-check", action="store_true",
+                        help=f"also check max_requests_per_minute={RATE_LIMIT} over {RATE_PAGES} requests (~70 s)")
+    parser.add_argument("--skip-429", action="store_true", help="skip the 429 scenario")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report as markdown here")
+    args = parser.parse_args(argv)
+    if args.pages < 2 or args.per_page < 1 or args.repeat < 1 or args.concurrency < 1 or args.latency < 0:
+        parser.error("--pages >= 2, --per-page >= 1, --repeat >= 1, --concurrency >= 1, --latency >= 0")
+
+    rep = Report()
+    rep.heading("Extraction benchmark: the whole run against the demo API on 127.0.0.1", 1)
+    rep.line(machine_line(machine()))
+    started = time.perf_counter()
+    speed(rep, args)
+    if not args.skip_429:
+        throttled(rep, args)
+    if args.rate_check:
+        rate_check(rep, args)
+    rep.line(f"benchmark took {time.perf_counter() - started:.0f} s")
+    if args.out:
+        args.out.write_text(rep.markdown(), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

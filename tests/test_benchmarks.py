@@ -1,0 +1,55 @@
+"""Smoke tests of the benchmarks: they run, print their tables, and the outputs agree.
+
+Never asserts a timing: benchmarks measure, CI machines vary.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_scale_bench_smoke(tmp_path):
+    out = tmp_path / "results.md"
+    proc = _run(str(BENCH / "scale_bench.py"), "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    for expected in (
+        "machine:",
+        "N = 2,000 customers",
+        "stage", "pipeline s", "floor s", "ratio", "peak RSS MB",
+        "extract + land", "build: models", "build: data tests", "export", "build + test + export", "end to end",
+        "python baseline:",
+        "check floor vs pipeline: OK",
+        "check baseline vs pipeline: OK",
+        "dim_customers",
+        "Goals",
+        "outputs: OK",
+    ):
+        assert expected in text, f"{expected!r} missing from:\n{text}"
+    assert "MISMATCH" not in text
+    markdown = out.read_text(encoding="utf-8")
+    assert "| stage | pipeline s | floor s | ratio | peak RSS MB |" in markdown
+    assert "check floor vs pipeline: OK" in markdown
+
+
+def test_extract_bench_small():
+    proc = _run(str(BENCH / "extract_bench.py"), "--pages", "20", "--latency", "0.01", "--repeat", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    for expected in (
+        "machine:",
+        "mode", "concurrency", "run s", "extract s", "pages/s (run)",
+        "sequential", "concurrent", "speedup:",
+        "requests", "429s", "requests/page",
+        "requests per page:",
+    ):
+        assert expected in text, f"{expected!r} missing from:\n{text}"
