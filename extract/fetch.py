@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from .client import ApiClient, Page
+from .crashpoints import crash_point
 from .errors import ApiError
 from .land import land_pages, landed_first_page, landed_pages
 
@@ -79,6 +80,8 @@ class Lander:
             self.result.pages_landed += len(self.buffer)
             self.result.records_landed += sum(len(p.records) for p in self.buffer)
             self.buffer = []
+            if self.result.pages_landed > 1:
+                crash_point("mid-extract")
         self.last_flush = time.monotonic()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from extract.crashpoints import crash_point
 from extract.errors import PipelineError
 
 from .project import Project
@@ -58,6 +59,8 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
         raise ExportError("sql/export/customers.sql and sql/export/metadata.sql are both required")
     meta = metadata(con, project)
     directory = output.parent if str(output.parent) else Path(".")
+    for leftover in directory.glob(f".{output.name}.*.tmp*"):  # from a run killed mid-export
+        leftover.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
     array_path = tmp_name + ".customers"
     try:
@@ -73,6 +76,7 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
             out.write("\n}\n")
             out.flush()
             os.fsync(out.fileno())
+        crash_point("mid-export")
         os.replace(tmp_name, output)
         _fsync_dir(directory)
     except duckdb.Error as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from extract.client import ApiClient, ClientStats, RetryPolicy
+from extract.crashpoints import crash_point
 from extract.errors import PipelineError, UsageError
 from extract.fetch import extract_run
 from extract.progress import Progress
@@ -237,6 +238,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
                 summary.stage_seconds["extract"] = time.monotonic() - stage_started
+                crash_point("after-extract")
                 if settings.keep_runs:
                     _prune(con, settings.keep_runs)
             for stage in ("build", "export"):
@@ -258,6 +260,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                         _fail_run(con, run_id, stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
                 summary.stage_seconds[stage] = time.monotonic() - stage_started
+            if "export" in steps:
+                crash_point("after-export")
             if run_id is not None:
                 final_status = "succeeded" if "build" in steps else "extracted"
                 con.execute(

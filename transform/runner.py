@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from extract.crashpoints import crash_point
 from extract.errors import DataTestError, ModelError
 
 from .project import Model, Project
@@ -152,6 +153,7 @@ class Runner:
                     self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
                 results.append(self._build(model))
+                crash_point("mid-build")
                 built = results[-1]
                 rows = "" if built.rows is None else f", {built.rows:,} rows"
                 self.log(f"  {model.relation}: built {model.materialized} (version {model.version}{rows}, {built.seconds:.2f}s)")
@@ -161,6 +163,7 @@ class Runner:
                 raise DataTestError(self._test_failure_message(failing))
             self._record(results, tests, states, "built")
             self._document()
+            crash_point("before-publish")
             self.con.execute("commit")
         except BaseException as exc:
             self.con.execute("rollback")
