@@ -35,9 +35,15 @@ class ChildResult:
         if self.returncode != 0 or not lines:
             raise RuntimeError(
                 f"{' '.join(self.cmd[1:4])} failed (exit {self.returncode}): "
-                f"{(self.stderr.strip().splitlines() or ['no output'])[-1]}"
+                + _error_lines(self.stderr)
             )
         return json.loads(lines[-1])
+
+
+def _error_lines(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line or "Exception" in line]
+    return " | ".join(errors[-2:] or lines[-1:]) or "no output"
 
 
 def run_child(cmd: list[str], timeout: float | None = None, cwd: Path = ROOT) -> ChildResult:

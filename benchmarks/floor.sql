@@ -8,6 +8,10 @@
 --   the md5 enrichment runs on the winners only. The result is a temp (in-memory) table.
 -- Pass 2 (export): one sort, COPY TO json.
 --
+-- The rule expressions (whitespace class of sql/macros/text.sql, the e-mail pattern, the
+-- ISO-8601 check of last_activity_at, the md5 draws) are the models'; keep them in step when
+-- the rules change, or scale_bench.py reports MISMATCH.
+--
 -- Run by benchmarks/scale_bench.py (benchmarks/_child.py floor); `__OUTPUT__` is replaced by
 -- the output path as a SQL string literal. `-- @phase <name>` lines split the timed phases.
 
@@ -40,16 +44,21 @@ standardized as (
     select
         page,
         pos,
-        trim(r['id']) as id_text,
-        nullif(trim(regexp_replace(r['first_name'], '[[:space:]]+', ' ', 'g')), '') as first_name,
-        nullif(trim(regexp_replace(r['last_name'], '[[:space:]]+', ' ', 'g')), '') as last_name,
-        nullif(lower(regexp_replace(r['email'], '^[[:space:]]+|[[:space:]]+$', '', 'g')), '') as email,
-        nullif(regexp_replace(r['avatar'], '^[[:space:]]+|[[:space:]]+$', '', 'g'), '') as avatar_url,
+        nullif(regexp_replace(r['id'], '^[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+|[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+$', '', 'g'), '') as id_text,
+        nullif(trim(regexp_replace(r['first_name'], '[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+', ' ', 'g')), '') as first_name,
+        nullif(trim(regexp_replace(r['last_name'], '[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+', ' ', 'g')), '') as last_name,
+        lower(nullif(regexp_replace(r['email'], '^[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+|[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+$', '', 'g'), '')) as email,
+        nullif(regexp_replace(r['avatar'], '^[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+|[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+$', '', 'g'), '') as avatar_url,
         map_contains(r, 'engagement_score') as has_engagement_score,
         case when try_cast(r['engagement_score'] as double) between 0 and 100
             then try_cast(r['engagement_score'] as double) end as engagement_score,
         map_contains(r, 'last_activity_at') as has_last_activity_at,
-        try_cast(r['last_activity_at'] as timestamptz) as last_activity_at
+        case
+            when regexp_full_match(
+                r['last_activity_at'],
+                '[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?'
+            ) then try_cast(replace(r['last_activity_at'], ',', '.') as timestamptz)
+        end as last_activity_at
     from received
     where r is not null
 ),
@@ -66,13 +75,13 @@ scored as (
         engagement_score,
         has_last_activity_at,
         last_activity_at,
-        regexp_full_match(email, '[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+') as email_is_valid,
+        regexp_full_match(email, '[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+@[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+\.[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+') as email_is_valid,
         [issue for issue in [
             case when first_name is null then 'missing_first_name' end,
             case when last_name is null then 'missing_last_name' end,
             case when email is null then 'missing_email' end,
             case when email is not null
-                and not regexp_full_match(email, '[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+')
+                and not regexp_full_match(email, '[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+@[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+\.[^@[:space:]\pZ\x{1c}-\x{1f}\x{85}]+')
                 then 'invalid_email' end,
             case when avatar_url is null then 'missing_avatar' end,
             case when has_engagement_score and engagement_score is null then 'invalid_engagement_score' end,

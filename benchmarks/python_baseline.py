@@ -20,9 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 import requests
 
-WHITESPACE = re.compile(r"\s+", re.ASCII)
-EDGES = re.compile(r"^\s+|\s+$", re.ASCII)
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+", re.ASCII)
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")  # whitespace as str.split() sees it
 ID_TEXT = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -45,13 +43,13 @@ def fetch_all(base_url: str, per_page: int) -> list[list]:
 def name(value):
     if value is None:
         return None
-    return WHITESPACE.sub(" ", value).strip(" ") or None
+    return " ".join(value.split()) or None
 
 
 def trimmed(value, lower=False):
     if value is None:
         return None
-    value = EDGES.sub("", value)
+    value = value.strip()
     return (value.lower() if lower else value) or None
 
 

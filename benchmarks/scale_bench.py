@@ -197,7 +197,7 @@ def stage_rows(r: dict) -> list[dict]:
          "rss": extract["rss"], "wall": extract["wall"], "key": "extract"},
         {"stage": "build: models", "pipeline": models, "floor": floor_transform, "key": "models"},
         {"stage": "build: data tests", "pipeline": tests, "floor": None, "key": "tests"},
-        {"stage": "build: record, comments, commit", "pipeline": build["seconds"] - models - tests,
+        {"stage": "build: bookkeeping (input hashes, record, comments, commit)", "pipeline": build["seconds"] - models - tests,
          "floor": None, "key": "publish"},
         {"stage": "build (models+tests+publish)", "pipeline": build["seconds"], "floor": floor_transform,
          "rss": build["rss"], "wall": build["wall"], "key": "build"},
@@ -297,6 +297,19 @@ def report_goals(rep: Report, results: dict[int, dict], linear: dict | None) -> 
     rep.table(table)
 
 
+def code_version() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sql", "transform", "extract", "pipeline.py"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"commit {head or 'unknown'}" + (" + uncommitted changes in sql/transform/extract" if dirty else "")
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -325,6 +338,7 @@ def main(argv=None) -> int:
     rep.heading("Scale benchmark: customers pipeline vs floor.sql vs plain Python", 1)
     info = machine()
     rep.line(machine_line(info))
+    rep.line(f"code: {code_version()}")
     rep.line(f"sizes: {', '.join(f'{n:,}' for n in sizes)}; demo API dataset=scale, duplicate_rate=0.2, "
              f"damaged_rate=0.05, per_page={PER_PAGE}, no latency, no faults; pipeline concurrency {CONCURRENCY}")
     started = time.perf_counter()
