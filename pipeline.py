@@ -155,6 +155,9 @@ def _add_source_flags(parser):
     group.add_argument("--max-requests-per-minute", type=int, default=_env_int("MAX_REQUESTS_PER_MINUTE", None),
                        metavar="N", help="client-side rate limit, retries included (reqres.in allows about 20; "
                                          "default: none; env PIPELINE_MAX_REQUESTS_PER_MINUTE)")
+    group.add_argument("--max-attempts", type=int, default=_env_int("MAX_ATTEMPTS", RetryPolicy.attempts), metavar="N",
+                       help="tries per page before the run fails, for 429/5xx/timeouts/bad bodies; waits grow "
+                            "exponentially (with jitter) up to 30 s (default %(default)s; env PIPELINE_MAX_ATTEMPTS)")
     group.add_argument("--resume", action="store_true",
                        help="continue the last run if it failed during extraction: fetch only the pages it "
                             "did not land, then build and export as usual")
@@ -242,6 +245,7 @@ def _settings(args) -> Settings:
         memory_limit=args.memory_limit,
         keep_runs=getattr(args, "keep_runs", None),
         sql_dir=args.sql_dir,
+        retry=RetryPolicy(attempts=getattr(args, "max_attempts", RetryPolicy.attempts)),
     )
 
 

@@ -205,7 +205,8 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
 
 def test_unreachable_host_is_one_clear_line(tmp_path):
     # port 9 on loopback: nothing listens, the connection is refused at once
-    result = run_cli("run", "--base-url", "http://127.0.0.1:9/api", "--warehouse", str(tmp_path / "w.duckdb"),
+    result = run_cli("run", "--base-url", "http://127.0.0.1:9/api", "--max-attempts", "3",
+                     "--warehouse", str(tmp_path / "w.duckdb"),
                      "--output", str(tmp_path / "o.json"), env={"PIPELINE_LOCK_TIMEOUT": "1"}, timeout=90)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -68,6 +68,8 @@ class Settings:
             raise UsageError(f"--max-requests-per-minute must be at least 1, not {self.max_requests_per_minute}")
         if self.lock_timeout < 0:
             raise UsageError("--lock-timeout must be 0 or more seconds")
+        if not 1 <= self.retry.attempts <= 100:
+            raise UsageError(f"--max-attempts must be from 1 to 100, not {self.retry.attempts}")
         if self.keep_runs is not None and self.keep_runs < 1:
             raise UsageError("--keep-runs must be at least 1")
 
