@@ -162,6 +162,7 @@ class Runner:
             if failing:
                 raise DataTestError(self._test_failure_message(failing))
             self._record(results, tests, states, "built")
+            self._record_quality()
             self._document()
             crash_point("before-publish")
             self.con.execute("commit")
@@ -237,6 +238,27 @@ class Runner:
                 [model.name, model.relation, model.materialized, model.version, states[model.name],
                  result.rows, model.version, now, self.run_id],
             )
+
+    def _record_quality(self) -> None:
+        """Bucket counts as published, one row per publish: the quality trend over runs."""
+        if "customer_quality_summary" not in self.project.models or "dim_customers" not in self.project.models:
+            return
+        summary = self.project.models["customer_quality_summary"].relation
+        customers = self.project.models["dim_customers"].relation
+        self.con.execute(
+            f"""
+            insert into meta.run_quality
+            select
+                (select max(run_id) from {customers}),
+                now(),
+                sum(customers),
+                sum(customers) filter (where quality_bucket = 'high'),
+                sum(customers) filter (where quality_bucket = 'medium'),
+                sum(customers) filter (where quality_bucket = 'low'),
+                (select avg(data_quality_score) from {customers})
+            from {summary}
+            """
+        )
 
     def _record_failure(self, results, tests, states, status, exc) -> None:
         try:

@@ -78,6 +78,15 @@ create table if not exists meta.test_results (
     tested_at     timestamptz not null,
     error         varchar
 );
+create table if not exists meta.run_quality (
+    run_id        integer,
+    published_at  timestamptz not null,
+    customers     bigint,
+    high          bigint,
+    medium        bigint,
+    low           bigint,
+    avg_score     double
+);
 create table if not exists meta.published_models (
     model         varchar not null,
     relation      varchar not null,
@@ -96,6 +105,7 @@ FIXED_COMMENTS = {
     "raw.api_pages": "Every API page exactly as received, one row per (run_id, page). Append-only history; bodies are the API's JSON unchanged.",
     "meta.model_builds": "One row per model per build: version (hash of rendered SQL + parents' versions), rows, seconds, status (built, skipped, failed, rolled_back).",
     "meta.test_results": "One row per data test per build: failing_rows = rows the test query returned (0 = pass).",
+    "meta.run_quality": "One row per publish: customers per quality bucket of marts.dim_customers as published, for trends.",
     "meta.published_models": "The models currently published in staging/intermediate/marts, with the version and inputs they were built from.",
 }
 
