@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import tenacity
 
 from .errors import ApiError
-from .redact import redact
+from .redact import redact, strip_userinfo
 
 API_KEY_HEADER = "x-api-key"
 
@@ -197,10 +197,18 @@ class ApiClient:
             self._sessions.clear()
 
     def page_url(self, page: int) -> str:
-        return f"{self.base_url}/users?page={page}&per_page={self.per_page}"
+        """``{base}/users?page=N&per_page=M``, keeping any query the base URL carries."""
+        parts = urlsplit(self.base_url)
+        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True),
+                           ("page", page), ("per_page", self.per_page)])
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/users", query, ""))
 
     def _redact(self, text: str) -> str:
         return redact(text, self._api_key)
+
+    def _shown_url(self, page: int) -> str:
+        """The page URL as logged and stored: no user:password@, no key."""
+        return self._redact(strip_userinfo(self.page_url(page)))
 
     # -- one attempt --------------------------------------------------------------------
 
@@ -241,7 +249,7 @@ class ApiClient:
             ok = True
             return Page(
                 page=page,
-                url=self._redact(url),
+                url=self._shown_url(page),
                 status=status,
                 body=body,
                 payload=payload,
@@ -265,7 +273,7 @@ class ApiClient:
             404: "no such endpoint: check --base-url (it should end in /api for reqres.in)",
         }
         hint = hints.get(status, (response.reason or "client error").lower())
-        return f"page {page}: the API answered HTTP {status} for {self._redact(self.page_url(page))}: {hint}"
+        return f"page {page}: the API answered HTTP {status} for {self._shown_url(page)}: {hint}"
 
     # -- the retried call ------------------------------------------------------------------
 
@@ -297,7 +305,7 @@ class ApiClient:
     def _give_up_message(self, page: int, exc: TransientError) -> str:
         message = (
             f"page {page}: gave up after {self.policy.attempts} attempts, last: {exc.reason} "
-            f"({self._redact(self.page_url(page))})"
+            f"({self._shown_url(page)})"
         )
         if exc.status is None and "could not connect" in exc.reason:
             host = urlsplit(self.base_url).hostname or self.base_url

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -14,7 +14,9 @@ def redact(text: str, *secrets: str | None) -> str:
         return text
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, MASK)
+            # the key as typed, and as it looks URL-encoded in a query string
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, MASK)
     return text
 
 

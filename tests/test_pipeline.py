@@ -268,3 +268,24 @@ def test_warehouse_is_written_with_storage_version_1_0(tmp_path):
     tags = con.execute("select tags from duckdb_databases() where database_name = 'customers'").fetchone()[0]
     con.close()
     assert tags["storage_version"].startswith("v1.0.0")
+
+
+def test_a_key_inside_the_base_url_is_redacted_everywhere(tmp_path):
+    key = "sk-in-url-987654321"
+    with DemoAPI(dataset="reqres", faults=[Fault(page=2, attempt=0, kind="500")]) as api:
+        base = api.base_url.replace("http://", f"http://user:{key}@") + f"?api_key={key}"
+        # requests drops nothing here: the server ignores the query; the page URL is built from it
+        result = run_cli("run", "--base-url", base, "--per-page", "6", "--max-attempts", "2",
+                         "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"),
+                         env={"PIPELINE_API_KEY": key})
+    assert result.returncode == 1
+    assert "***" in result.stderr and key not in result.stdout + result.stderr
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    stored = con.execute("select source_url, error from raw.runs").fetchall()
+    urls = con.execute("select url from raw.api_pages").fetchall()
+    con.close()
+    assert stored and urls
+    assert all(key not in str(value) for row in stored + urls for value in row)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
