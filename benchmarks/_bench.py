@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -20,6 +21,57 @@ ROOT = HERE.parent
 PYTHON = sys.executable
 
 
+def _cpu_jiffies() -> tuple[float, float]:
+    """(busy, steal) seconds of all CPUs since boot, from /proc/stat; (0, 0) where unavailable."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _own_cpu() -> float:
+    self_ = resource.getrusage(resource.RUSAGE_SELF)
+    return self_.ru_utime + self_.ru_stime
+
+
+class CpuMeter:
+    """How busy the machine was with OTHER work while a measurement ran.
+
+    ``others`` = average cores used by processes outside this benchmark (all CPU time on the
+    machine minus this process's and the measured child's), ``steal`` = average cores the
+    hypervisor took. Either above ~0.2 on a 2-core machine means the timing is disturbed.
+    """
+
+    def __enter__(self) -> "CpuMeter":
+        self.busy0, self.steal0 = _cpu_jiffies()
+        self.own0 = _own_cpu()
+        self.t0 = time.perf_counter()
+        self.child_cpu = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, steal = _cpu_jiffies()
+        wall = max(time.perf_counter() - self.t0, 1e-6)
+        ours = (_own_cpu() - self.own0) + self.child_cpu
+        self.others = max(0.0, (busy - self.busy0) - ours) / wall
+        self.steal = max(0.0, steal - self.steal0) / wall
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25, sample: float = 1.0) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores; seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_wait:
+        with CpuMeter() as meter:
+            time.sleep(sample)
+        if meter.others < threshold:
+            break
+    return time.perf_counter() - started
+
+
 @dataclass
 class ChildResult:
     cmd: list[str]
@@ -28,6 +80,9 @@ class ChildResult:
     max_rss_mb: float  # the child's peak resident set (os.wait4's ru_maxrss), MB
     stdout: str
     stderr: str
+    cpu: float = 0.0  # the child's user + system CPU seconds
+    others: float = 0.0  # average cores used by other processes meanwhile (see CpuMeter)
+    steal: float = 0.0
 
     def json(self) -> dict:
         """The child's last stdout line, parsed (our children print one JSON line)."""
@@ -48,7 +103,7 @@ def _error_lines(stderr: str) -> str:
 
 def run_child(cmd: list[str], timeout: float | None = None, cwd: Path = ROOT) -> ChildResult:
     """Run ``cmd`` to completion; its own wall time and peak RSS (not the parent's)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, CpuMeter() as meter:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd)
         timer = None
@@ -62,11 +117,15 @@ def run_child(cmd: list[str], timeout: float | None = None, cwd: Path = ROOT) ->
             if timer:
                 timer.cancel()
         wall = time.perf_counter() - started
+        meter.child_cpu = usage.ru_utime + usage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return ChildResult(cmd, proc.returncode, wall, usage.ru_maxrss / 1024.0,
-                           out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"))
+        result = ChildResult(cmd, proc.returncode, wall, usage.ru_maxrss / 1024.0,
+                             out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
+                             cpu=meter.child_cpu)
+    result.others, result.steal = meter.others, meter.steal
+    return result
 
 
 def _kill(pid: int) -> None:

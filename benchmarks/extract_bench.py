@@ -37,7 +37,7 @@ for path in (str(ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _bench import Report, Table, fmt, machine, machine_line  # noqa: E402
+from _bench import CpuMeter, Report, Table, fmt, machine, machine_line, wait_quiet  # noqa: E402
 
 DUPLICATE_RATE = 0.2
 DAMAGED_RATE = 0.05
@@ -64,22 +64,25 @@ def customers_for(pages: int, per_page: int) -> int:
 
 
 def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_in_flight: int | None = None,
-            max_requests_per_minute: int | None = None) -> dict:
+            max_requests_per_minute: int | None = None, quiet_wait: float = 0.0) -> dict:
     """A fresh demo API and a fresh warehouse; the whole run, timed."""
     from extract.demo_api import DemoAPI
     from transform import orchestrate
     from transform.orchestrate import Settings
 
     customers = customers_for(pages, per_page)
+    if quiet_wait:
+        wait_quiet(quiet_wait)
     with DemoAPI(dataset="scale", customers=customers, duplicate_rate=DUPLICATE_RATE, damaged_rate=DAMAGED_RATE,
                  faults="none", latency=latency, max_in_flight=max_in_flight, retry_after="1") as api, \
             tempfile.TemporaryDirectory(prefix="extract_bench_") as tmp:
         settings = Settings(base_url=api.base_url, per_page=per_page, concurrency=concurrency,
                             max_requests_per_minute=max_requests_per_minute,
                             warehouse=Path(tmp) / "w.duckdb", output=Path(tmp) / "out.json", quiet=True)
-        started = time.perf_counter()
-        summary = orchestrate.run(settings)
-        wall = time.perf_counter() - started
+        with CpuMeter() as meter:
+            started = time.perf_counter()
+            summary = orchestrate.run(settings)
+            wall = time.perf_counter() - started
         log = list(api.requests)
     if summary.pages != pages:
         raise SystemExit(f"expected {pages} pages, the run landed {summary.pages}")
@@ -93,6 +96,7 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
         "retries": summary.retries,
         "max_in_flight_seen": max((r.in_flight for r in log), default=0),
         "arrivals": sorted(r.time for r in log),
+        "others": meter.others + meter.steal,
     }
 
 
@@ -109,15 +113,17 @@ def speed(rep: Report, args) -> None:
     rep.heading(f"Speed: {args.pages} pages x {args.per_page} records, {args.latency * 1000:.0f} ms latency per "
                 f"request, median of {args.repeat}", 3)
     table = Table(["mode", "concurrency", "run s", "extract s", "pages/s (run)", "pages/s (extract)",
-                   "requests", "retries"])
+                   "requests", "retries", "other load"])
     medians = {}
     for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-        runs = [one_run(args.pages, args.per_page, args.latency, concurrency) for _ in range(args.repeat)]
+        runs = [one_run(args.pages, args.per_page, args.latency, concurrency, quiet_wait=args.quiet_wait)
+                for _ in range(args.repeat)]
         wall = statistics.median(r["wall"] for r in runs)
         extract = statistics.median(r["extract"] for r in runs)
         medians[label] = (wall, extract)
         table.add(label, concurrency, wall, extract, args.pages / wall, args.pages / extract,
-                  max(r["requests"] for r in runs), max(r["retries"] for r in runs))
+                  max(r["requests"] for r in runs), max(r["retries"] for r in runs),
+                  f"{max(r['others'] for r in runs):.2f}")
     rep.table(table)
     run_x = medians["sequential"][0] / medians["concurrent"][0]
     extract_x = medians["sequential"][1] / medians["concurrent"][1]
@@ -132,14 +138,16 @@ def speed(rep: Report, args) -> None:
 def throttled(rep: Report, args) -> None:
     rep.heading(f"429s: the server answers 429 (Retry-After: 1) above 2 requests in flight; "
                 f"client concurrency {args.concurrency}", 3)
-    table = Table(["run", "pages", "requests", "429s", "retries", "requests/page", "run s", "extract s"])
+    table = Table(["run", "pages", "requests", "429s", "retries", "requests/page", "run s", "extract s",
+                   "other load"])
     worst = 0.0
     for i in range(args.repeat):
-        r = one_run(args.pages, args.per_page, args.latency, args.concurrency, max_in_flight=2)
+        r = one_run(args.pages, args.per_page, args.latency, args.concurrency, max_in_flight=2,
+                    quiet_wait=args.quiet_wait)
         per_page = r["requests"] / r["pages"]
         worst = max(worst, per_page)
         table.add(i + 1, r["pages"], r["requests"], r["throttled"], r["retries"], f"{per_page:.2f}",
-                  r["wall"], r["extract"])
+                  r["wall"], r["extract"], f"{r['others']:.2f}")
     rep.table(table)
     rep.line(f"requests per page: worst {worst:.2f} (goal <= {GOAL_REQUESTS_PER_PAGE}): "
              f"{'MET' if worst <= GOAL_REQUESTS_PER_PAGE else 'NOT MET'}")
@@ -148,7 +156,8 @@ def throttled(rep: Report, args) -> None:
 def rate_check(rep: Report, args) -> None:
     rep.heading(f"Rate limit: {RATE_PAGES} pages with max_requests_per_minute={RATE_LIMIT} "
                 f"(concurrency {args.concurrency})", 3)
-    r = one_run(RATE_PAGES, args.per_page, 0.0, args.concurrency, max_requests_per_minute=RATE_LIMIT)
+    r = one_run(RATE_PAGES, args.per_page, 0.0, args.concurrency, max_requests_per_minute=RATE_LIMIT,
+                quiet_wait=args.quiet_wait)
     arrivals = r["arrivals"]
     worst = max_in_window(arrivals, 60.0)
     span = min((arrivals[i + RATE_LIMIT] - arrivals[i] for i in range(len(arrivals) - RATE_LIMIT)), default=None)
@@ -169,6 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rate-check", action="store_true",
                         help=f"also check max_requests_per_minute={RATE_LIMIT} over {RATE_PAGES} requests (~70 s)")
     parser.add_argument("--skip-429", action="store_true", help="skip the 429 scenario")
+    parser.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="before each run, wait up to this long for other processes to leave the CPUs "
+                             "alone (default %(default)s; 0 = never wait)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report as markdown here")
     args = parser.parse_args(argv)
     if args.pages < 2 or args.per_page < 1 or args.repeat < 1 or args.concurrency < 1 or args.latency < 0:
@@ -177,6 +189,8 @@ def main(argv=None) -> int:
     rep = Report()
     rep.heading("Extraction benchmark: the whole run against the demo API on 127.0.0.1", 1)
     rep.line(machine_line(machine()))
+    rep.line("other load = average cores used by other processes on the machine (plus hypervisor steal) "
+             "during a run; above ~0.2 the timing is disturbed")
     started = time.perf_counter()
     speed(rep, args)
     if not args.skip_429:

@@ -42,7 +42,8 @@ def test_scale_bench_smoke(tmp_path):
 
 
 def test_extract_bench_small():
-    proc = _run(str(BENCH / "extract_bench.py"), "--pages", "20", "--latency", "0.01", "--repeat", "1")
+    proc = _run(str(BENCH / "extract_bench.py"), "--pages", "20", "--latency", "0.01", "--repeat", "1",
+                "--quiet-wait", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     for expected in (
