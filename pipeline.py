@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_warehouse_flags(status), _add_common(status)
 
+    docs = command("docs", "write the data docs page: lineage, versions, tests, quality and runs, one "
+                           "self-contained HTML file (also written after every successful run)",
+                   "python pipeline.py docs --output /tmp/warehouse-docs.html")
+    docs.add_argument("--output", type=Path, default=None,
+                      help="where to write the page (default: <warehouse folder>/docs/index.html)")
+    _add_warehouse_flags(docs), _add_common(docs)
+
     demo = command("demo-api", "serve the bundled reqres-compatible demo API until Ctrl-C",
                    "python pipeline.py demo-api --port 8000")
     demo.add_argument("args", nargs=argparse.REMAINDER, help="flags for the demo server (see demo-api -- --help)")
@@ -264,6 +271,8 @@ def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
             f"medium {q.get('medium_quality')} / low {q.get('low_quality')}) -> {summary.output}"
         )
     print("; ".join(parts), file=out)
+    if summary.docs:
+        print(f"data docs: {summary.docs}", file=out)
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -341,6 +350,9 @@ def main(argv=None) -> int:
             if failing:
                 print(f"error: {len(failing)} of {len(results)} data tests failed", file=sys.stderr)
                 return 1
+        elif args.command == "docs":
+            settings.docs_output = args.output
+            print(f"wrote {orchestrate.write_docs_only(settings)}")
         elif args.command == "status":
             _print_status(orchestrate.status(settings, args.runs), args.json)
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -289,3 +290,11 @@ def test_a_key_inside_the_base_url_is_redacted_everywhere(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_export_is_readable_by_others_like_a_normal_file(tmp_path):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask

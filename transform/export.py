@@ -64,6 +64,7 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
     array_path = tmp_name + ".customers"
     try:
+        os.fchmod(fd, _file_mode(output))  # mkstemp makes 0600; readers downstream need the usual mode
         con.execute(
             f"copy ({project.queries['customers'].sql}) to {sql_literal(array_path)} (format json, array true)"
         )
@@ -92,6 +93,16 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
             except FileNotFoundError:
                 pass
     return meta
+
+
+def _file_mode(output: Path) -> int:
+    """The existing export's mode, or 0666 minus the umask, like a plain open() would give."""
+    try:
+        return output.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:

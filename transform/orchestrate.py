@@ -53,6 +53,8 @@ class Settings:
     keep_runs: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sql_dir: Path = SQL_DIR
+    docs: bool = True  # write the data docs page after a successful build
+    docs_output: Path | None = None  # default: <warehouse folder>/docs/index.html
 
     def validate(self) -> None:
         parts = urlsplit(self.base_url or "")
@@ -97,6 +99,7 @@ class RunSummary:
     seconds: float = 0.0
     output: str | None = None
     stage_seconds: dict = field(default_factory=dict)
+    docs: str | None = None
 
 
 # -- runs table ------------------------------------------------------------------------------
@@ -274,6 +277,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
                 )
             con.execute("checkpoint")
+            if "build" in steps and settings.docs:
+                summary.docs = _write_docs_quietly(con, project, settings, summary)
         finally:
             con.close()
     finally:
@@ -281,6 +286,35 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     summary.status = "succeeded"
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def docs_path(settings: Settings) -> Path:
+    return Path(settings.docs_output) if settings.docs_output else Path(settings.warehouse).parent / "docs" / "index.html"
+
+
+def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
+    """The data docs page after a successful build; a failure here is a warning, not a failed run."""
+    from .docs import write_docs
+
+    try:
+        return str(write_docs(con, project, docs_path(settings)))
+    except Exception as exc:  # the run itself succeeded and is published
+        summary.warnings.append(f"data docs not written: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        return None
+
+
+def write_docs_only(settings: Settings) -> Path:
+    """``pipeline.py docs``: the page from the warehouse as it is (read-only)."""
+    from .docs import write_docs
+
+    project = Project(settings.sql_dir)
+    con = connect(settings.warehouse_config, read_only=True)
+    try:
+        return write_docs(con, project, docs_path(settings))
+    except OSError as exc:
+        raise PipelineError(f"cannot write the data docs to {docs_path(settings)}: {exc.strerror or exc}") from None
+    finally:
+        con.close()
 
 
 def run_tests_only(settings: Settings) -> list:
