@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -655,17 +656,21 @@ def test_a_run_whose_extraction_did_not_complete_is_not_described(con):
     assert rows(con, "select customer_id, first_name, run_id, runs_seen from marts.dim_customers") == [(1, "Done", 1, 1)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the 90-day activity window depends on the host's time zone: the warehouse connection "
-    "keeps DuckDB's default TimeZone (the host's), and `run_started_at - interval 90 day` is "
-    "calendar arithmetic in that zone; across a DST change it is 89 days 23 hours"
-))
-def test_activity_window_does_not_depend_on_the_host_time_zone(con):
-    con.execute("set TimeZone = 'America/Los_Angeles'")  # what a host in California gets by default
-    land_and_build(con, [
-        person(1, last_activity_at="2026-08-28T09:30:00Z"),  # 90 days and 30 minutes before the run
-        person(2, last_activity_at="2026-08-28T10:00:00Z"),  # exactly 90 days before the run
-    ])
+def test_activity_window_does_not_depend_on_the_host_time_zone(tmp_path, monkeypatch):
+    # a host in California: DuckDB would default to its zone, where 90 days cross a DST change
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    try:
+        con = connect(WarehouseConfig(tmp_path / "tz.duckdb"))
+        ensure_schema(con)
+        assert con.execute("select current_setting('TimeZone')").fetchone()[0] == "UTC"
+        land_and_build(con, [
+            person(1, last_activity_at="2026-08-28T09:30:00Z"),  # 90 days and 30 minutes before the run
+            person(2, last_activity_at="2026-08-28T10:00:00Z"),  # exactly 90 days before the run
+        ])
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     assert rows(con, "select customer_id, activity_status from marts.dim_customers order by 1") == [
         (1, "inactive"), (2, "active"),
     ]

@@ -146,7 +146,10 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
     settings = _duckdb_config(config) if not read_only else {}
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=settings)
+            con = duckdb.connect(str(path), read_only=read_only, config=settings)
+            # business rules count days in UTC, whatever the host's zone (90 days across a DST change)
+            con.execute("set TimeZone = 'UTC'")
+            return con
         except duckdb.Error as exc:
             message = str(exc)
             if "lock" not in message.lower():
