@@ -161,11 +161,15 @@ def rate_check(rep: Report, args) -> None:
     arrivals = r["arrivals"]
     worst = max_in_window(arrivals, 60.0)
     span = min((arrivals[i + RATE_LIMIT] - arrivals[i] for i in range(len(arrivals) - RATE_LIMIT)), default=None)
-    table = Table(["requests", "max in any 60 s window", f"min span of {RATE_LIMIT + 1} requests", "run s", "verdict"])
-    table.add(r["requests"], worst, f"{span:.3f} s" if span is not None else "—", r["wall"],
-              "OK" if worst <= RATE_LIMIT else "OVER LIMIT")
+    loose = max_in_window(arrivals, 59.5)
+    table = Table(["requests", "max in any 60 s window", "max in any 59.5 s window",
+                   f"min span of {RATE_LIMIT + 1} requests", "run s", "verdict"])
+    table.add(r["requests"], worst, loose, f"{span:.3f} s" if span is not None else "—", r["wall"],
+              "OK" if worst <= RATE_LIMIT else "OVER LIMIT" + (" (by jitter < 0.5 s)" if loose <= RATE_LIMIT else ""))
     rep.table(table)
-    rep.line("from the server's request log (arrival times); the span of any 21 consecutive requests must be >= 60 s")
+    rep.line(f"from the server's request log (arrival times): any {RATE_LIMIT + 1} consecutive requests must span "
+             f">= 60 s; the 59.5 s column tells arrival jitter (client counts sends, server counts arrivals) "
+             f"from a real burst")
 
 
 def main(argv=None) -> int:

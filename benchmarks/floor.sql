@@ -130,17 +130,17 @@ select
         when w.has_engagement_score and w.engagement_score >= 40 then 'medium'
         when w.has_engagement_score and w.engagement_score >= 0 then 'low'
         when w.has_engagement_score then 'unknown'
-        else ['high', 'medium', 'low'][1 + (('0x' || left(md5('engagement_level:' || customer_id::varchar), 8))::ubigint % 3)::integer]
+        else ['high', 'medium', 'low'][1 + (('0x' || substr(md5(customer_id::varchar), 1, 6))::ubigint % 3)::integer]
     end as engagement_level,
     case
         when w.has_last_activity_at and w.last_activity_at >= (select started_at from run) - interval 90 day then 'active'
         when w.has_last_activity_at and w.last_activity_at is not null then 'inactive'
         when w.has_last_activity_at then 'unknown'
-        else ['active', 'inactive'][1 + (('0x' || left(md5('activity_status:' || customer_id::varchar), 8))::ubigint % 2)::integer]
+        else ['active', 'inactive'][1 + (('0x' || substr(md5(customer_id::varchar), 7, 6))::ubigint % 2)::integer]
     end as activity_status,
-    ['website', 'mobile_app', 'email_campaign'][1 + (('0x' || left(md5('acquisition_channel:' || customer_id::varchar), 8))::ubigint % 3)::integer] as acquisition_channel,
-    ['US-West', 'US-East', 'EU-Central', 'APAC'][1 + (('0x' || left(md5('market_segment:' || customer_id::varchar), 8))::ubigint % 4)::integer] as market_segment,
-    case (('0x' || left(md5('customer_tier:' || customer_id::varchar), 8))::ubigint % 10)
+    ['website', 'mobile_app', 'email_campaign'][1 + (('0x' || substr(md5(customer_id::varchar), 13, 6))::ubigint % 3)::integer] as acquisition_channel,
+    ['US-West', 'US-East', 'EU-Central', 'APAC'][1 + (('0x' || substr(md5(customer_id::varchar), 19, 6))::ubigint % 4)::integer] as market_segment,
+    case (('0x' || substr(md5(customer_id::varchar), 25, 6))::ubigint % 10)
         when 0 then 'basic' when 1 then 'basic' when 2 then 'basic' when 3 then 'basic'
         when 4 then 'basic' when 5 then 'basic' when 9 then 'enterprise' else 'premium'
     end as customer_tier,

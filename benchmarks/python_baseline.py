@@ -74,7 +74,9 @@ def timestamp(value):
 
 
 def draw(field: str, customer_id: int) -> int:
-    return int(hashlib.md5(f"{field}:{customer_id}".encode()).hexdigest()[:8], 16)
+    offset = {"engagement_level": 0, "activity_status": 6, "acquisition_channel": 12,
+              "market_segment": 18, "customer_tier": 24}[field]
+    return int(hashlib.md5(str(customer_id).encode()).hexdigest()[offset:offset + 6], 16)
 
 
 def customer_id_of(record):
