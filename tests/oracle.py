@@ -165,9 +165,14 @@ def activity_status_from(last_activity_at: datetime | None, run_started_at: date
 # ---------------------------------------------------------------------------------- hashing
 
 
+DRAW_OFFSETS = {"engagement_level": 0, "activity_status": 6, "acquisition_channel": 12,
+                "market_segment": 18, "customer_tier": 24}
+
+
 def draw(field_name: str, customer_id: int) -> int:
-    """First 32 bits of md5('<field>:<customer_id>'), as the SQL computes it."""
-    return int(hashlib.md5(f"{field_name}:{customer_id}".encode()).hexdigest()[:8], 16)
+    """A 24-bit slice of md5('<customer_id>') (hex digits per field), as the SQL computes it."""
+    offset = DRAW_OFFSETS[field_name]
+    return int(hashlib.md5(str(customer_id).encode()).hexdigest()[offset:offset + 6], 16)
 
 
 def hashed_engagement_level(customer_id: int) -> str:

@@ -30,7 +30,9 @@ MISSING = object()
 
 
 def md5_draw(field: str, customer_id: int) -> int:
-    return int(hashlib.md5(f"{field}:{customer_id}".encode()).hexdigest()[:8], 16)
+    offset = {"engagement_level": 0, "activity_status": 6, "acquisition_channel": 12,
+              "market_segment": 18, "customer_tier": 24}[field]
+    return int(hashlib.md5(str(customer_id).encode()).hexdigest()[offset:offset + 6], 16)
 
 
 def land_and_build(con, *pages, **kwargs):
@@ -407,8 +409,8 @@ def test_enrichment_without_the_facts_is_the_md5_hash_of_the_id(con):
     assert got == expected
     # spelled out for two ids, straight from the rule
     channel = dict((cid, ch) for cid, _, _, ch, _, _ in got)
-    assert channel[7] == CHANNELS[int(hashlib.md5(b"acquisition_channel:7").hexdigest()[:8], 16) % 3]
-    assert channel[42] == CHANNELS[int(hashlib.md5(b"acquisition_channel:42").hexdigest()[:8], 16) % 3]
+    assert channel[7] == CHANNELS[int(hashlib.md5(b"7").hexdigest()[12:18], 16) % 3]
+    assert channel[42] == CHANNELS[int(hashlib.md5(b"42").hexdigest()[12:18], 16) % 3]
 
 
 def test_hashed_fields_are_the_same_for_the_same_id_across_warehouses(con, tmp_path):
@@ -495,7 +497,7 @@ def test_ids_cast_or_go_to_quarantine_with_a_reason(con):
     assert rows(con, "select customer_id, first_name from marts.dim_customers order by 1") == [
         (-3, "negative"), (7, "seven"), (8, "eight"), (9, "nine"), (10, "ten"),
     ]
-    assert rows(con, "select customer_id from staging.stg_reqres__user_sightings order by 1") == [
+    assert rows(con, "select customer_id from intermediate.int_customer_sightings order by 1") == [
         (-3,), (7,), (8,), (9,), (10,),
     ]
 
@@ -528,7 +530,7 @@ def test_hostile_strings_are_stored_unchanged_as_data(con):
         union all
         select schema_name || '.' || view_name from duckdb_views() where not internal
     """))
-    for relation in ["raw.runs", "raw.api_pages", "staging.stg_reqres__users", "staging.stg_reqres__user_sightings",
+    for relation in ["raw.runs", "raw.api_pages", "staging.stg_reqres__users", "intermediate.int_customer_sightings",
                      "intermediate.int_customers_scored", "intermediate.int_customers_deduplicated",
                      "intermediate.int_customers_enriched", "marts.dim_customers", "marts.quarantined_records",
                      "marts.customer_quality_summary", "meta.model_builds", "meta.published_models"]:
@@ -641,7 +643,7 @@ def test_marts_describe_the_latest_run_history_spans_all_runs(con):
         (2,), (3,), (4,),
     ]
     assert rows(con, "select count(*) from marts.quarantined_records") == [(0,)]
-    assert rows(con, "select run_id, customer_id, seen_at from staging.stg_reqres__user_sightings order by 1, 2") == [
+    assert rows(con, "select run_id, customer_id, seen_at from intermediate.int_customer_sightings order by 1, 2") == [
         (1, 1, run1), (1, 2, run1), (1, 3, run1), (2, 2, STARTED), (2, 3, STARTED), (2, 4, STARTED),
     ]
     assert rows(con, "select count(*) from raw.api_pages") == [(3,)]

@@ -141,7 +141,8 @@ def test_editing_one_model_re_versions_it_and_its_downstream_only_and_rebuilds_j
     assert {m for m, s in built.items() if s == "built"} == {
         "int_customers_deduplicated", "int_customers_enriched", "dim_customers", "customer_quality_summary"}
     assert {m for m, s in built.items() if s == "skipped"} == {
-        "stg_pipeline__current_run", "stg_reqres__user_sightings", "stg_reqres__users", "int_customers_scored",
+        "stg_pipeline__current_run", "stg_reqres__past_sightings", "stg_reqres__pages", "stg_reqres__users",
+        "int_customers_scored", "int_customer_sightings",
         "quarantined_records"}
 
 

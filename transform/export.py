@@ -68,13 +68,13 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
         con.execute(
             f"copy ({project.queries['customers'].sql}) to {sql_literal(array_path)} (format json, array true)"
         )
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with os.fdopen(fd, "wb") as out:
             fd = -1
             head = json.dumps({"metadata": meta}, indent=2, ensure_ascii=False, default=str)
-            out.write(head[:-2] + ',\n  "customers": ')  # reopen the object after "metadata"
-            with open(array_path, encoding="utf-8") as array:
+            out.write((head[:-2] + ',\n  "customers": ').encode())  # reopen the object after "metadata"
+            with open(array_path, "rb") as array:  # bytes as DuckDB wrote them (UTF-8), copied by the kernel
                 shutil.copyfileobj(array, out, length=1 << 20)
-            out.write("\n}\n")
+            out.write(b"\n}\n")
             out.flush()
             os.fsync(out.fileno())
         crash_point("mid-export")

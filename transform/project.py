@@ -152,11 +152,15 @@ class Project:
 
     # -- rendering --------------------------------------------------------------------------
 
-    def render(self, template: str, path: Path) -> tuple[str, set[str], set[tuple[str, str]]]:
-        refs: set[str] = set()
-        sources: set[tuple[str, str]] = set()
+    def _environment(self) -> jinja2.Environment:
+        """One Jinja environment per project: macros compiled once, ref/source bound per render."""
+        if getattr(self, "_env", None) is not None:
+            return self._env
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        self._rendering: list[tuple[Path, set, set]] = []
 
         def ref(name: str) -> str:
+            path, refs, _ = self._rendering[-1]
             if name not in self.models:
                 known = ", ".join(sorted(self.models))
                 raise ModelError(f"{self._rel(path)}: ref('{name}') names no model (models: {known})")
@@ -164,18 +168,32 @@ class Project:
             return self.models[name].relation
 
         def source(schema: str, table: str) -> str:
+            path, _, sources = self._rendering[-1]
             if (schema, table) not in SOURCES:
                 known = ", ".join(f"{s}.{t}" for s, t in sorted(SOURCES))
                 raise ModelError(f"{self._rel(path)}: source('{schema}', '{table}') is not a source ({known})")
             sources.add((schema, table))
             return f"{schema}.{table}"
 
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         env.globals.update(ref=ref, source=source)
-        try:
-            for macro_path, macro_text in self.macros:
+        for macro_path, macro_text in self.macros:
+            try:
                 module = env.from_string(macro_text).make_module()
-                env.globals.update({k: getattr(module, k) for k in dir(module) if not k.startswith("_")})
+            except jinja2.TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                where = f"{self._rel(macro_path)}:{line}" if line else self._rel(macro_path)
+                raise ModelError(f"{where}: template error in a macro: {exc}") from None
+            env.globals.update({k: getattr(module, k) for k in dir(module) if not k.startswith("_")})
+        self._env = env
+        return env
+
+    def render(self, template: str, path: Path) -> tuple[str, set[str], set[tuple[str, str]]]:
+        """Render one template; returns (sql, refs it used, sources it used)."""
+        env = self._environment()
+        refs: set[str] = set()
+        sources: set[tuple[str, str]] = set()
+        self._rendering.append((path, refs, sources))
+        try:
             sql = env.from_string(template).render()
         except ModelError:
             raise
@@ -183,6 +201,8 @@ class Project:
             line = getattr(exc, "lineno", None)
             where = f"{self._rel(path)}:{line}" if line else self._rel(path)
             raise ModelError(f"{where}: template error: {exc}") from None
+        finally:
+            self._rendering.pop()
         return sql.strip().rstrip(";"), refs, sources
 
     def _render_all(self) -> None:

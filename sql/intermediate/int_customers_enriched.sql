@@ -1,5 +1,6 @@
 -- Each customer with the seed's enrichment fields: from the record's own facts where it carries them,
--- otherwise from a stable md5 hash of the customer id (same id -> same value, on every DuckDB version).
+-- otherwise from a stable md5 hash of the customer id (same id -> same value, on every DuckDB version):
+-- one md5 of the id, read as five independent 24-bit draws (hex digits 1-6, 7-12, 13-18, 19-24, 25-30).
 -- grain: one row per customer_id
 -- materialized: view
 -- column engagement_level: high (score >= 70), medium (40-69), low (< 40), unknown (key present but null/unparseable); hashed when the record has no engagement_score.
@@ -32,17 +33,26 @@ with_run as (
 
 ),
 
-hashed as (
+digested as (
 
-    -- first 32 bits of md5('<field>:<customer_id>'), one independent draw per field
     select
         *,
-        ('0x' || left(md5('engagement_level:' || customer_id::varchar), 8))::ubigint as engagement_draw,
-        ('0x' || left(md5('activity_status:' || customer_id::varchar), 8))::ubigint as activity_draw,
-        ('0x' || left(md5('acquisition_channel:' || customer_id::varchar), 8))::ubigint as channel_draw,
-        ('0x' || left(md5('market_segment:' || customer_id::varchar), 8))::ubigint as segment_draw,
-        ('0x' || left(md5('customer_tier:' || customer_id::varchar), 8))::ubigint as tier_draw
+        md5(customer_id::varchar) as id_md5
     from with_run
+
+),
+
+hashed as (
+
+    -- five independent draws from one digest: one md5 per customer, not one per field
+    select
+        * exclude (id_md5),
+        ('0x' || substr(id_md5, 1, 6))::ubigint as engagement_draw,
+        ('0x' || substr(id_md5, 7, 6))::ubigint as activity_draw,
+        ('0x' || substr(id_md5, 13, 6))::ubigint as channel_draw,
+        ('0x' || substr(id_md5, 19, 6))::ubigint as segment_draw,
+        ('0x' || substr(id_md5, 25, 6))::ubigint as tier_draw
+    from digested
 
 ),
 

@@ -34,7 +34,7 @@ customers as (
 
 sightings as (
 
-    select * from {{ ref('stg_reqres__user_sightings') }}
+    select * from {{ ref('int_customer_sightings') }}
 
 ),
 

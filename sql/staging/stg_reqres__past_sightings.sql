@@ -1,5 +1,6 @@
--- Every time any run saw a customer id: the history behind first_seen_at / last_seen_at.
--- grain: one row per (run_id, customer_id) over every run whose extraction completed
+-- Customer ids seen by earlier runs (every completed run but the latest), read from their raw pages.
+-- The latest run's ids come from stg_reqres__users instead, which has parsed them already.
+-- grain: one row per (run_id, customer_id) over every completed run before the latest
 -- materialized: view
 -- inputs: all_runs
 -- column run_id: The run that received the id.
@@ -24,6 +25,7 @@ extracted_runs as (
     select run_id
     from runs
     where extracted_at is not null
+        and run_id != {{ latest_extracted_run() }}
 
 ),
 

@@ -15,7 +15,7 @@
 -- column engagement_score_text: engagement_score as sent, as text (NULL when null or absent).
 -- column has_last_activity_at: True when the record carries the optional last_activity_at key (even as null).
 -- column last_activity_text: last_activity_at as sent, as text (NULL when null or absent).
--- column record: The record's JSON exactly as received.
+-- column record: The record's JSON exactly as received, for records that cannot be keyed (NULL otherwise).
 with
 
 api_pages as (
@@ -44,21 +44,42 @@ received as (
 
 ),
 
+parsed as (
+
+    -- each record parsed once into the fields we read, and once for its keys
+    -- (a key sent as null is not the same as a key not sent)
+    select
+        page,
+        position_in_page,
+        record,
+        json_type(record) = 'OBJECT' as is_object,
+        json_transform(
+            record,
+            '{"id": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR", "email": "VARCHAR",
+              "avatar": "VARCHAR", "engagement_score": "VARCHAR", "last_activity_at": "VARCHAR"}'
+        ) as fields,
+        json_keys(record) as record_keys
+    from received
+
+),
+
 extracted as (
 
     select
-        *,
-        json_type(record) = 'OBJECT' as is_object,
-        {{ trim_text("record ->> 'id'") }} as id_text,
-        record ->> 'first_name' as first_name_text,
-        record ->> 'last_name' as last_name_text,
-        record ->> 'email' as email_text,
-        record ->> 'avatar' as avatar_text,
-        json_exists(record, '$.engagement_score') as has_engagement_score,
-        record ->> 'engagement_score' as engagement_score_text,
-        json_exists(record, '$.last_activity_at') as has_last_activity_at,
-        record ->> 'last_activity_at' as last_activity_text
-    from received
+        page,
+        position_in_page,
+        record,
+        is_object,
+        {{ trim_text('fields.id') }} as id_text,
+        fields.first_name as first_name_text,
+        fields.last_name as last_name_text,
+        fields.email as email_text,
+        fields.avatar as avatar_text,
+        list_contains(record_keys, 'engagement_score') as has_engagement_score,
+        fields.engagement_score as engagement_score_text,
+        list_contains(record_keys, 'last_activity_at') as has_last_activity_at,
+        fields.last_activity_at as last_activity_text
+    from parsed
 
 ),
 
@@ -91,7 +112,8 @@ standardized as (
         coalesce(has_last_activity_at, false) as has_last_activity_at,
 
         ---------- raw
-        record
+        -- kept for records that cannot be keyed (they go to quarantine as received)
+        case when not is_object or not regexp_full_match(coalesce(id_text, ''), '-?[0-9]{1,18}') then record end as record
     from extracted
 
 ),
