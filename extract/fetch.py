@@ -8,6 +8,7 @@ stays landed when a later page fails, so ``--resume`` fetches only what is missi
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import json
 import logging
@@ -170,15 +171,23 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
     planned = total_pages
     pool = futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
     pending: dict[futures.Future, int] = {}
+    # pages not yet handed to the pool: only a few are queued at a time, so waiting on the
+    # pending futures stays cheap (futures.wait is linear in them) however many pages there are
+    to_fetch: collections.deque[int] = collections.deque()
+    window = 2 * concurrency
 
-    def submit(first: int, last: int) -> None:
-        for number in range(first, last + 1):
-            if number not in already:
-                pending[pool.submit(client.get_page, number)] = number
+    def plan(first: int, last: int) -> None:
+        to_fetch.extend(number for number in range(first, last + 1) if number not in already)
+
+    def refill() -> None:
+        while to_fetch and len(pending) < window:
+            number = to_fetch.popleft()
+            pending[pool.submit(client.get_page, number)] = number
 
     empty_seen: int | None = None
     try:
-        submit(2, total_pages)
+        plan(2, total_pages)
+        refill()
         while pending:
             done, _ = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
             for future in done:
@@ -193,7 +202,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                         f"total_pages grew from {planned} to {reported} during the run (page {page.page}); "
                         "fetching the new pages too"
                     )
-                    submit(planned + 1, reported)
+                    plan(planned + 1, reported)
                     planned = reported
                     result.pages_expected = planned
                 elif reported is not None and reported < total_pages:
@@ -203,6 +212,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                     result.warn(
                         f"page {page.page} of {planned} is empty: the API holds fewer records than it reported"
                     )
+            refill()
             if progress:
                 progress.update(result, planned, pending=len(lander.buffer))
             if not done:

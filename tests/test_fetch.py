@@ -234,6 +234,7 @@ def test_resume_after_sigkill_mid_extraction_matches_an_uninterrupted_run(tmp_pa
         landed_pages = {p for (p,) in rows(con, "select page from raw.api_pages")}
         con.close()
         assert 0 < len(landed_pages) < total_pages
+        time.sleep(0.5)  # requests the killed run left in flight finish (and are logged) first
         api.requests.clear()
         resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120)
         fetched = sorted(r.page for r in api.requests)
