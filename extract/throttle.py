@@ -8,9 +8,13 @@ It holds three rules at once, so the pool behaves as one polite client:
   (AIMD, as TCP does);
 - **pause**: a 429's ``Retry-After`` (or the backoff when it has none) pauses *every*
   worker until it has passed, instead of each worker retrying on its own schedule;
+  The limit at which a 429 came is remembered: growing back to it takes
+  ``probe_factor`` times longer, so a server with a hard cap is probed rarely, not every
+  ``recover_after`` requests;
 - **rate**: with ``max_requests`` per ``window`` seconds, a sliding log of send times
   guarantees no window of that length ever holds more than ``max_requests`` sends
-  (retries included).
+  (retries included). The log counts a little more than the window (1 s a minute), since
+  the server counts arrivals, which network jitter can bring closer together than sends.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class Throttle:
         self.calm_until = 0.0
         self.min_event_gap = 0.25
         self.successes = 0
+        self.margin = window / 60.0
+        self.ceiling: int | None = None  # the limit a 429 last came at
+        self.probe_factor = 5
         self.sent: collections.deque[float] = collections.deque()
         self.send_log: list[float] = []  # every send time, for the rate test and stats
         self._cond = threading.Condition()
@@ -58,10 +65,11 @@ class Throttle:
         if now < self.pause_until:
             return self.pause_until - now
         if self.max_requests:
-            while self.sent and now - self.sent[0] >= self.window:
+            span = self.window + self.margin
+            while self.sent and now - self.sent[0] >= span:
                 self.sent.popleft()
             if len(self.sent) >= self.max_requests:
-                return self.sent[0] + self.window - now
+                return self.sent[0] + span - now
         return None
 
     def acquire(self) -> None:
@@ -83,7 +91,10 @@ class Throttle:
             self.in_flight -= 1
             if ok:
                 self.successes += 1
-                if self.limit < self.max_limit and self.successes >= self.recover_after:
+                needed = self.recover_after
+                if self.ceiling is not None and self.limit + 1 >= self.ceiling:
+                    needed *= self.probe_factor  # back where the server said no: probe rarely
+                if self.limit < self.max_limit and self.successes >= needed:
                     self.limit += 1
                     self.successes = 0
             self._cond.notify_all()
@@ -95,6 +106,7 @@ class Throttle:
             pause = self.default_pause if retry_after is None else retry_after
             pause = min(max(pause, 0.0), self.max_pause)
             if now >= self.calm_until:  # one burst of 429s is one congestion event
+                self.ceiling = self.limit
                 self.limit = max(1, self.limit // 2)
                 self.calm_until = now + max(pause, self.min_event_gap)
             self.successes = 0
