@@ -63,8 +63,46 @@ def customers_for(pages: int, per_page: int) -> int:
     return c
 
 
+class _ServerProcess:
+    """The demo API in its own process, as a real API is: it does not share the client's GIL."""
+
+    def __init__(self, customers: int, latency: float):
+        import socket
+        import subprocess
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/api"
+        self.requests = None  # no request log across processes
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "pipeline.py"), "demo-api", "--port", str(port), "--dataset", "scale",
+             "--customers", str(customers), "--duplicate-rate", str(DUPLICATE_RATE),
+             "--damaged-rate", str(DAMAGED_RATE), "--latency", str(latency), "--faults", "none"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import requests
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{self.base_url}/users?page=1&per_page=1", timeout=1)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.process.kill()
+                    raise SystemExit("the demo API process did not start")
+                time.sleep(0.1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
 def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_in_flight: int | None = None,
-            max_requests_per_minute: int | None = None, quiet_wait: float = 0.0) -> dict:
+            max_requests_per_minute: int | None = None, quiet_wait: float = 0.0,
+            server_process: bool = False) -> dict:
     """A fresh demo API and a fresh warehouse; the whole run, timed."""
     from extract.demo_api import DemoAPI
     from transform import orchestrate
@@ -73,9 +111,13 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
     customers = customers_for(pages, per_page)
     if quiet_wait:
         wait_quiet(quiet_wait)
-    with DemoAPI(dataset="scale", customers=customers, duplicate_rate=DUPLICATE_RATE, damaged_rate=DAMAGED_RATE,
-                 faults="none", latency=latency, max_in_flight=max_in_flight, retry_after="1") as api, \
-            tempfile.TemporaryDirectory(prefix="extract_bench_") as tmp:
+    if server_process:
+        server = _ServerProcess(customers, latency)
+    else:
+        server = DemoAPI(dataset="scale", customers=customers, duplicate_rate=DUPLICATE_RATE,
+                         damaged_rate=DAMAGED_RATE, faults="none", latency=latency, max_in_flight=max_in_flight,
+                         retry_after="1")
+    with server as api, tempfile.TemporaryDirectory(prefix="extract_bench_") as tmp:
         settings = Settings(base_url=api.base_url, per_page=per_page, concurrency=concurrency,
                             max_requests_per_minute=max_requests_per_minute,
                             warehouse=Path(tmp) / "w.duckdb", output=Path(tmp) / "out.json", quiet=True)
@@ -83,7 +125,7 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
             started = time.perf_counter()
             summary = orchestrate.run(settings)
             wall = time.perf_counter() - started
-        log = list(api.requests)
+        log = list(api.requests) if api.requests is not None else None
     if summary.pages != pages:
         raise SystemExit(f"expected {pages} pages, the run landed {summary.pages}")
     return {
@@ -91,11 +133,11 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
         "extract": summary.stage_seconds.get("extract"),
         "pages": summary.pages,
         "records": summary.records,
-        "requests": len(log),
-        "throttled": sum(1 for r in log if r.status == 429),
+        "requests": len(log) if log is not None else summary.requests,
+        "throttled": sum(1 for r in log if r.status == 429) if log is not None else None,
         "retries": summary.retries,
-        "max_in_flight_seen": max((r.in_flight for r in log), default=0),
-        "arrivals": sorted(r.time for r in log),
+        "max_in_flight_seen": max((r.in_flight for r in log), default=0) if log is not None else None,
+        "arrivals": sorted(r.time for r in log) if log is not None else [],
         "others": meter.others + meter.steal,
     }
 
@@ -116,7 +158,8 @@ def speed(rep: Report, args) -> None:
                    "requests", "retries", "other load"])
     medians = {}
     for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-        runs = [one_run(args.pages, args.per_page, args.latency, concurrency, quiet_wait=args.quiet_wait)
+        runs = [one_run(args.pages, args.per_page, args.latency, concurrency, quiet_wait=args.quiet_wait,
+                        server_process=True)
                 for _ in range(args.repeat)]
         wall = statistics.median(r["wall"] for r in runs)
         extract = statistics.median(r["extract"] for r in runs)

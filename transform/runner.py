@@ -163,7 +163,7 @@ class Runner:
                 raise DataTestError(self._test_failure_message(failing))
             self._record(results, tests, states, "built")
             self._record_quality()
-            self._document()
+            self._document({m.model for m in results if m.status == "built"})
             crash_point("before-publish")
             self.con.execute("commit")
         except BaseException as exc:
@@ -276,9 +276,15 @@ class Runner:
         except duckdb.Error:
             pass  # bookkeeping must never hide the real failure
 
-    def _document(self) -> None:
-        """COMMENT ON every published relation and column, so DBeaver and the CLI show them."""
+    def _document(self, rebuilt: set[str]) -> None:
+        """COMMENT ON every rebuilt relation and its columns, so DBeaver and the CLI show them.
+
+        A skipped model keeps its relation, and so its comments (they are part of its SQL, so
+        a changed comment is a changed version and a rebuild).
+        """
         for model in self.project.order:
+            if model.name not in rebuilt:
+                continue
             kind = "view" if model.materialized == "view" else "table"
             text = model.description + (f" Grain: {model.grain}." if model.grain else "") + f" Version {model.version}."
             self.con.execute(f"comment on {kind} {model.relation} is {sql_literal(text.strip())}")
