@@ -301,7 +301,7 @@ def test_a_truncated_warehouse_is_one_line_and_left_untouched(tmp_path, api):
 
 
 @pytest.mark.parametrize("kind", ["directory", "missing-folder", "read-only-folder"])
-def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind):
+def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind, request):
     if kind == "directory":
         output = tmp_path / "outdir"
         output.mkdir()
@@ -310,11 +310,15 @@ def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind):
         output = tmp_path / "nope" / "out.json"
         fragment = "does not exist"
     else:
-        if os.geteuid() == 0:
-            pytest.skip("root can write into read-only folders")
         folder = tmp_path / "ro"
         folder.mkdir()
-        folder.chmod(0o500)
+        if os.geteuid() == 0:  # root writes through 0500; an immutable folder stops even root
+            made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+            if made.returncode != 0:
+                pytest.skip("running as root and chattr +i is not available here to make a read-only folder")
+            request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(folder)]))
+        else:
+            folder.chmod(0o500)
         output = folder / "out.json"
         fragment = "not writable"
     requests_before = len(api.requests)
