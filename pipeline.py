@@ -283,7 +283,7 @@ def _print_status(info: dict, as_json: bool) -> None:
         return
     print("runs (newest first):")
     for run_id, status, started, finished, stage, error, pages, records, requests_, retries, exported in info["runs"]:
-        line = f"  #{run_id} {status:<9} started {started:%Y-%m-%d %H:%M:%S}"
+        line = f"  #{run_id} {status:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
         if finished:
             line += f", {(finished - started).total_seconds():.1f}s"
         line += f", {pages or 0} pages, {records or 0} records, {requests_ or 0} requests, {retries or 0} retries"

@@ -298,3 +298,12 @@ def test_export_is_readable_by_others_like_a_normal_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
+    # .invalid never resolves (RFC 2606): what a machine without network sees for reqres.in
+    result = run_cli("run", "--base-url", "https://api.invalid/api", "--max-attempts", "1",
+                     "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"), timeout=90)
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "api.invalid cannot be reached from here" in errors[0] and "--demo" in errors[0]

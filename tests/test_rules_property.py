@@ -184,6 +184,7 @@ class Warehouse:
     def __init__(self):
         self.con = duckdb.connect()
         self.con.execute("set TimeZone = 'UTC'")
+        self.con.execute("set threads = 1")  # tiny inputs: parallelism only adds overhead
         ensure_schema(self.con)
         self.project = Project(SQL_DIR)
         self.export_sql = self.project.queries["customers"].sql
