@@ -78,7 +78,7 @@ class _ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "pipeline.py"), "demo-api", "--port", str(port), "--dataset", "scale",
              "--customers", str(customers), "--duplicate-rate", str(DUPLICATE_RATE),
-             "--damaged-rate", str(DAMAGED_RATE), "--latency", str(latency), "--faults", "none"],
+             "--damaged-rate", str(DAMAGED_RATE), "--latency", str(latency), "--faults", "none", "--cache-pages"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import requests
         deadline = time.monotonic() + 20
@@ -91,6 +91,16 @@ class _ServerProcess:
                     self.process.kill()
                     raise SystemExit("the demo API process did not start")
                 time.sleep(0.1)
+
+    def warm(self, pages: int, per_page: int) -> None:
+        """Render every page once (untimed), so the timed runs measure the client, not the server."""
+        import concurrent.futures
+
+        import requests
+
+        with requests.Session() as session, concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda p: session.get(f"{self.base_url}/users?page={p}&per_page={per_page}",
+                                                timeout=30).content, range(1, pages + 1)))
 
     def __enter__(self):
         return self
@@ -113,6 +123,7 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
         wait_quiet(quiet_wait)
     if server_process:
         server = _ServerProcess(customers, latency)
+        server.warm(pages, per_page)
     else:
         server = DemoAPI(dataset="scale", customers=customers, duplicate_rate=DUPLICATE_RATE,
                          damaged_rate=DAMAGED_RATE, faults="none", latency=latency, max_in_flight=max_in_flight,

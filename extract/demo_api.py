@@ -606,7 +606,7 @@ class DemoAPI:
                  max_per_page: int | None = None,
                  total_pages_override: Callable[[int, int], Any] | None = None,
                  host: str = "127.0.0.1", port: int = 0,
-                 anchor_date: date | None = None):
+                 anchor_date: date | None = None, cache_pages: bool = False):
         if records is not None:
             self._data = _ListData(records)
         else:
@@ -633,6 +633,8 @@ class DemoAPI:
         self.default_per_page = default_per_page
         self.max_per_page = max_per_page
         self.total_pages_override = total_pages_override
+        # benchmarks: keep each rendered page, so serving costs the client only latency
+        self._page_cache: dict[tuple[int, int], bytes] | None = {} if cache_pages else None
         self.host = host
         self.port = port
         self.base_url = ""
@@ -772,6 +774,14 @@ class DemoAPI:
         return page, per_page, _Answer(200, self._page_body(page, per_page))
 
     def _page_body(self, page: int, per_page: int) -> bytes:
+        if self._page_cache is not None:
+            cached = self._page_cache.get((page, per_page))
+            if cached is None:
+                cached = self._page_cache[(page, per_page)] = self._render_page(page, per_page)
+            return cached
+        return self._render_page(page, per_page)
+
+    def _render_page(self, page: int, per_page: int) -> bytes:
         total = self.total_records
         total_pages = math.ceil(total / per_page)
         start = (page - 1) * per_page
@@ -845,12 +855,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=None,
                         help="answer 429 when more than this many requests are in flight")
     parser.add_argument("--api-key", default=None, help="require this x-api-key header")
+    parser.add_argument("--cache-pages", action="store_true",
+                        help="keep each rendered page in memory (benchmarks: serving then costs only --latency)")
     args = parser.parse_args(argv)
     try:
         api = DemoAPI(dataset=args.dataset, customers=args.customers,
                       duplicate_rate=args.duplicate_rate, damaged_rate=args.damaged_rate,
                       faults=args.faults, latency=args.latency, max_in_flight=args.max_in_flight,
-                      api_key=args.api_key, host=args.host, port=args.port)
+                      api_key=args.api_key, host=args.host, port=args.port, cache_pages=args.cache_pages)
     except ValueError as exc:
         parser.error(str(exc))
     restore = _install_stop_signals()
