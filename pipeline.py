@@ -362,6 +362,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; the last good warehouse and export are unchanged", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pipeline.py status | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # a bug: still one line, traceback on request
         if debug:
             traceback.print_exc()
