@@ -200,11 +200,19 @@ def test_progress_line_in_logs_and_quiet():
 
 
 def test_resume_fetches_only_missing_pages(tmp_path):
-    # a run that failed on page 4 (of 5), then --resume
-    with ScriptedAPI(lambda r: (500, {}, "down") if r.page == 4 else paged()(r)) as api:
+    # a run that failed on page 4 (of 5), then --resume against the same API, now healthy
+    healthy = {"now": False}
+
+    def respond(request):
+        if request.page == 4 and not healthy["now"]:
+            return 500, {}, "down"
+        return paged()(request)
+
+    with ScriptedAPI(respond) as api:
         with pytest.raises(Exception, match="page 4"):
             orchestrate.run(settings(tmp_path, api.base_url, per_page=5))
-    with ScriptedAPI(paged()) as api:
+        healthy["now"] = True
+        api.requests.clear()
         summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=5, resume=True))
         assert api.pages_requested() == [4]
     assert summary.run_id == 1 and summary.metadata["total_customers"] == 23
@@ -247,3 +255,23 @@ def test_resume_after_sigkill_mid_extraction_matches_an_uninterrupted_run(tmp_pa
     con = duckdb.connect(str(warehouse), read_only=True)
     assert rows(con, "select run_id, status, resumes from raw.runs") == [(1, "succeeded", 1)]
     con.close()
+
+
+def test_resume_refuses_a_different_paging_and_a_new_run_hints_at_resume(tmp_path):
+    from extract.errors import UsageError
+
+    with ScriptedAPI(lambda r: (500, {}, "down") if r.page == 4 else paged()(r)) as api:
+        with pytest.raises(Exception, match="page 4"):
+            orchestrate.run(settings(tmp_path, api.base_url, per_page=5))
+        with pytest.raises(UsageError, match="with --per-page 5; resume it with the same"):
+            orchestrate.run(settings(tmp_path, api.base_url, per_page=10, resume=True))
+    with ScriptedAPI(paged()) as api:
+        with pytest.raises(UsageError, match="from http://127.0.0.1:[0-9]+/api with --per-page 5"):
+            orchestrate.run(settings(tmp_path, api.base_url, per_page=10, resume=True))
+        assert api.requests == []  # refused before fetching anything
+        lines = io.StringIO()
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=10, quiet=False),
+                                  progress=Progress(stream=lines))
+    assert re.search(r"run 1 failed during extraction after landing \d pages; `--resume` would fetch only",
+                     lines.getvalue())
+    assert summary.run_id == 2 and summary.metadata["total_customers"] == 23

@@ -119,27 +119,44 @@ def _close_dead_runs(con) -> None:
     )
 
 
-def _start_run(con, settings: Settings) -> tuple[int, bool]:
+def _resumable(con):
+    """The last run, if it failed (or died) before its extraction completed: (run_id, url, per_page, pages)."""
+    return con.execute(
+        """
+        select run_id, source_url, per_page,
+               (select count(*) from raw.api_pages where api_pages.run_id = runs.run_id) as pages
+        from raw.runs
+        where status = 'failed' and extracted_at is null
+            and run_id = (select max(run_id) from raw.runs)
+        """
+    ).fetchone()
+
+
+def _start_run(con, settings: Settings, progress: Progress) -> tuple[int, bool]:
     """A new run id, or the last failed run's when resuming; (run_id, resumed)."""
-    if settings.resume:
-        row = con.execute(
-            """
-            select run_id from raw.runs
-            where status = 'failed' and extracted_at is null
-                and run_id = (select max(run_id) from raw.runs)
-            """
-        ).fetchone()
-        if row:
-            con.execute(
-                """
-                update raw.runs
-                set status = 'running', failed_stage = null, error = null, finished_at = null,
-                    resumes = resumes + 1
-                where run_id = ?
-                """,
-                [row[0]],
+    row = _resumable(con)
+    if row and not settings.resume and row[3]:
+        progress.line(f"note: run {row[0]} failed during extraction after landing {row[3]} pages; "
+                      "`--resume` would fetch only the pages it is missing")
+    if settings.resume and row is None:
+        progress.line("note: nothing to resume (the last run did not fail during extraction): starting a new run")
+    if settings.resume and row:
+        # pages are numbered by per_page and the source: mixing two pagings would lose or repeat records
+        if row[1] != settings.safe_base_url or row[2] != settings.per_page:
+            raise UsageError(
+                f"run {row[0]} was fetched from {row[1]} with --per-page {row[2]}; resume it with the same "
+                "--base-url and --per-page, or start a new run without --resume"
             )
-            return row[0], True
+        con.execute(
+            """
+            update raw.runs
+            set status = 'running', failed_stage = null, error = null, finished_at = null,
+                resumes = resumes + 1
+            where run_id = ?
+            """,
+            [row[0]],
+        )
+        return row[0], True
     run_id = con.execute("select coalesce(max(run_id), 0) + 1 from raw.runs").fetchone()[0]
     con.execute(
         """
@@ -231,7 +248,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             _close_dead_runs(con)
             run_id = None
             if "extract" in steps:
-                run_id, resumed = _start_run(con, settings)
+                run_id, resumed = _start_run(con, settings, progress)
                 summary.run_id = run_id
                 progress.line(
                     f"run {run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}"
