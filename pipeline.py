@@ -331,8 +331,6 @@ def main(argv=None) -> int:
         progress = Progress(quiet=args.quiet)
         if args.command in ("run", "extract"):
             steps = ("extract", "build", "export") if args.command == "run" else ("extract",)
-            if steps == ("extract",) and args.resume:
-                pass
             with _demo_server(args.demo) as demo_url:
                 if demo_url:
                     settings.base_url = demo_url

@@ -215,8 +215,8 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
             refill()
             if progress:
                 progress.update(result, planned, pending=len(lander.buffer))
-            if not done:
-                lander.flush() if time.monotonic() - lander.last_flush >= lander.seconds else None
+            if not done and time.monotonic() - lander.last_flush >= lander.seconds:
+                lander.flush()
     except BaseException:
         for future in pending:
             future.cancel()

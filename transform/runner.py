@@ -144,6 +144,8 @@ class Runner:
         states = self._input_states()
         published = _published(self.con)
         results: list[ModelResult] = []
+        tests: list[TestResult] = []
+        building: str | None = None  # the model being built, named as failed if its build raises
         self.con.execute("begin transaction")
         try:
             for model in self.project.order:
@@ -152,7 +154,9 @@ class Runner:
                     why = "same SQL" if model.materialized == "view" else "same SQL and inputs"
                     self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
+                building = model.name
                 results.append(self._build(model))
+                building = None
                 crash_point("mid-build")
                 built = results[-1]
                 rows = "" if built.rows is None else f", {built.rows:,} rows"
@@ -168,8 +172,7 @@ class Runner:
             self.con.execute("commit")
         except BaseException as exc:
             self.con.execute("rollback")
-            status = "rolled_back"
-            self._record_failure(results, locals().get("tests", []), states, status, exc)
+            self._record_failure(results, tests, states, building, exc)
             raise
         return BuildResult(results, tests, input_run)
 
@@ -260,9 +263,10 @@ class Runner:
             """
         )
 
-    def _record_failure(self, results, tests, states, status, exc) -> None:
+    def _record_failure(self, results, tests, states, building: str | None, exc) -> None:
+        """After a rollback: what was built is rolled_back, the model that raised failed, the rest not_built."""
         try:
-            self._record(results, tests, states, status)
+            self._record(results, tests, states, "rolled_back")
             error = str(exc).splitlines()[0][:500] if str(exc) else exc.__class__.__name__
             failed = {m.model for m in results}
             for model in self.project.order:
@@ -270,7 +274,7 @@ class Runner:
                     self.con.execute(
                         "insert into meta.model_builds values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [self.run_id, model.name, model.relation, model.materialized, model.version,
-                         states[model.name], "failed" if isinstance(exc, ModelError) and model.name in str(exc) else "not_built",
+                         states[model.name], "failed" if model.name == building else "not_built",
                          None, None, utcnow(), error],
                     )
         except duckdb.Error:
