@@ -216,31 +216,28 @@ class Runner:
 
     def _record(self, results, tests, states, status) -> None:
         now = utcnow()
+        builds = []
         for result in results:
             model = self.project.models[result.model]
-            self.con.execute(
-                "insert into meta.model_builds values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [self.run_id, result.model, result.relation, model.materialized, result.version,
-                 states[result.model], result.status if status == "built" else status,
-                 result.rows, result.seconds, now, None],
-            )
-        for test in tests:
-            self.con.execute(
-                "insert into meta.test_results values (?, ?, ?, ?, ?, ?, ?)",
-                [self.run_id, test.test, test.failing_rows, test.status, test.seconds, now, None],
-            )
+            builds.append([self.run_id, result.model, result.relation, model.materialized, result.version,
+                           states[result.model], result.status if status == "built" else status,
+                           result.rows, result.seconds, now, None])
+        _insert_rows(self.con, "meta.model_builds", builds)
+        _insert_rows(self.con, "meta.test_results",
+                     [[self.run_id, t.test, t.failing_rows, t.status, t.seconds, now, None] for t in tests])
         if status != "built":
             return
+        published = []
         for result in results:
             if result.status != "built":
                 continue
             model = self.project.models[result.model]
-            self.con.execute("delete from meta.published_models where model = ?", [model.name])
-            self.con.execute(
-                "insert into meta.published_models values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [model.name, model.relation, model.materialized, model.version, states[model.name],
-                 result.rows, model.version, now, self.run_id],
-            )
+            published.append([model.name, model.relation, model.materialized, model.version, states[model.name],
+                              result.rows, model.version, now, self.run_id])
+        if published:
+            self.con.execute("delete from meta.published_models where list_contains(?, model)",
+                             [[row[0] for row in published]])
+            _insert_rows(self.con, "meta.published_models", published)
 
     def _record_quality(self) -> None:
         """Bucket counts as published, one row per publish: the quality trend over runs."""
@@ -268,15 +265,13 @@ class Runner:
         try:
             self._record(results, tests, states, "rolled_back")
             error = str(exc).splitlines()[0][:500] if str(exc) else exc.__class__.__name__
-            failed = {m.model for m in results}
-            for model in self.project.order:
-                if model.name not in failed:
-                    self.con.execute(
-                        "insert into meta.model_builds values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [self.run_id, model.name, model.relation, model.materialized, model.version,
-                         states[model.name], "failed" if model.name == building else "not_built",
-                         None, None, utcnow(), error],
-                    )
+            attempted = {m.model for m in results}
+            now = utcnow()
+            _insert_rows(self.con, "meta.model_builds", [
+                [self.run_id, model.name, model.relation, model.materialized, model.version, states[model.name],
+                 "failed" if model.name == building else "not_built", None, None, now, error]
+                for model in self.project.order if model.name not in attempted
+            ])
         except duckdb.Error:
             pass  # bookkeeping must never hide the real failure
 
@@ -284,21 +279,35 @@ class Runner:
         """COMMENT ON every rebuilt relation and its columns, so DBeaver and the CLI show them.
 
         A skipped model keeps its relation, and so its comments (they are part of its SQL, so
-        a changed comment is a changed version and a rebuild).
+        a changed comment is a changed version and a rebuild). All comments go to DuckDB as
+        one script: one round trip, not one per column.
         """
-        for model in self.project.order:
-            if model.name not in rebuilt:
-                continue
+        models = [model for model in self.project.order if model.name in rebuilt]
+        if not models:
+            return
+        existing = set(
+            self.con.execute(
+                """
+                select schema_name || '.' || table_name || '.' || column_name from duckdb_columns()
+                where database_name = current_database()
+                """
+            ).fetchall()
+        )
+        statements = []
+        for model in models:
             kind = "view" if model.materialized == "view" else "table"
             text = model.description + (f" Grain: {model.grain}." if model.grain else "") + f" Version {model.version}."
-            self.con.execute(f"comment on {kind} {model.relation} is {sql_literal(text.strip())}")
-            existing = {
-                row[0]
-                for row in self.con.execute(
-                    "select column_name from duckdb_columns() where schema_name = ? and table_name = ?",
-                    [model.schema, model.name],
-                ).fetchall()
-            }
+            statements.append(f"comment on {kind} {model.relation} is {sql_literal(text.strip())}")
             for column, comment in model.columns.items():
-                if column in existing:
-                    self.con.execute(f'comment on column {model.relation}."{column}" is {sql_literal(comment)}')
+                if (f"{model.schema}.{model.name}.{column}",) in existing:
+                    statements.append(f'comment on column {model.relation}."{column}" is {sql_literal(comment)}')
+        self.con.execute(";\n".join(statements))
+
+
+def _insert_rows(con, table: str, rows: list[list]) -> None:
+    """One INSERT for many rows (parameters, never values pasted into the SQL)."""
+    if not rows:
+        return
+    placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
+    con.execute(f"insert into {table} values " + ", ".join([placeholders] * len(rows)),
+                [value for row in rows for value in row])

@@ -34,8 +34,11 @@ run_pages as (
 
 ),
 
-received as (
+received as materialized (
 
+    -- materialized on purpose: a run's pages are few rows (one per page), which DuckDB scans
+    -- on one thread; the unnested records are many, so parsing them from this CTE runs on
+    -- every thread (2.0x faster at 1M records on 2 cores, benchmarks/scale_bench.py)
     select
         page,
         unnest(records) as record,
