@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import duckdb
 
 from extract.client import ApiClient, ClientStats, RetryPolicy
 from extract.crashpoints import crash_point
@@ -293,9 +296,19 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     """,
                     [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
                 )
-            con.execute("checkpoint")
-            if "build" in steps and settings.docs:
-                summary.docs = _write_docs_quietly(con, project, settings, summary)
+            docs = _DocsWriter(con, project, settings, summary) if "build" in steps and settings.docs else None
+            try:
+                # the checkpoint (DuckDB writing the build to the file) and the data docs
+                # (queries, then Python rendering) overlap: on 2 cores that hides most of the docs
+                con.execute("checkpoint")
+            except duckdb.Error:
+                if docs is None:
+                    raise
+                docs.join()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                con.execute("checkpoint")
+            finally:
+                if docs is not None:
+                    docs.join()
         finally:
             con.close()
     finally:
@@ -307,6 +320,26 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
 
 def docs_path(settings: Settings) -> Path:
     return Path(settings.docs_output) if settings.docs_output else Path(settings.warehouse).parent / "docs" / "index.html"
+
+
+class _DocsWriter(threading.Thread):
+    """Writes the data docs on its own cursor, beside the main connection's checkpoint."""
+
+    def __init__(self, con, project, settings: Settings, summary: RunSummary):
+        super().__init__(name="docs", daemon=True)
+        self.cursor = con.cursor()
+        self.project, self.settings, self.summary = project, settings, summary
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.summary.docs = _write_docs_quietly(self.cursor, self.project, self.settings, self.summary)
+        finally:
+            self.cursor.close()
+
+    def join(self, timeout=None) -> None:
+        if self.is_alive():
+            super().join(timeout)
 
 
 def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
