@@ -27,19 +27,20 @@ from .warehouse import sql_literal, utcnow
 
 # The data a source-reading model depends on, as a content hash (header ``-- inputs:``):
 # a re-run that lands byte-identical pages changes nothing a ``latest_run`` model reads.
-SOURCE_STATES = {
-    "latest_run": """
-        select coalesce(md5(string_agg(body_md5, ',' order by page)), 'empty')
-        from {{ source('raw', 'api_pages') }}
-        where run_id = {{ latest_extracted_run() }}
-    """,
-    "all_runs": """
-        select coalesce(md5(string_agg(run_id || ':' || body_md5, ',' order by run_id, page)), 'empty')
-        from {{ source('raw', 'api_pages') }}
-        where run_id in (select run_id from {{ source('raw', 'runs') }} where extracted_at is not null)
-    """,
-    "run_id": "select coalesce({{ latest_extracted_run() }}, 0)",
-}
+SOURCE_STATES = """
+    select
+        coalesce({{ latest_extracted_run() }}, 0) as run_id,
+        (
+            select coalesce(md5(string_agg(body_md5, ',' order by page)), 'empty')
+            from {{ source('raw', 'api_pages') }}
+            where run_id = {{ latest_extracted_run() }}
+        ) as latest_run,
+        (
+            select coalesce(md5(string_agg(run_id || ':' || body_md5, ',' order by run_id, page)), 'empty')
+            from {{ source('raw', 'api_pages') }}
+            where run_id in (select run_id from {{ source('raw', 'runs') }} where extracted_at is not null)
+        ) as all_runs
+"""
 
 
 @dataclass
@@ -76,16 +77,17 @@ class BuildResult:
         return [m.model for m in self.models if m.status == "skipped"]
 
 
-def _existing_kind(con, schema: str, name: str) -> str | None:
-    row = con.execute(
+def _relation_kinds(con) -> dict[tuple[str, str], str]:
+    """(schema, name) -> 'table' or 'view', for every relation of the warehouse, in one query."""
+    rows = con.execute(
         """
-        select 'table' from duckdb_tables() where schema_name = $s and table_name = $n
+        select schema_name, table_name, 'table' from duckdb_tables() where database_name = current_database()
         union all
-        select 'view' from duckdb_views() where schema_name = $s and view_name = $n and not internal
-        """,
-        {"s": schema, "n": name},
-    ).fetchone()
-    return row[0] if row else None
+        select schema_name, view_name, 'view' from duckdb_views()
+        where database_name = current_database() and not internal
+        """
+    ).fetchall()
+    return {(schema, name): kind for schema, name, kind in rows}
 
 
 def _published(con) -> dict[str, tuple[str, str]]:
@@ -108,17 +110,19 @@ class Runner:
         self.run_id = run_id
         self.log = log
 
-    def _source_state(self, kind: str):
-        sql, _, _ = self.project.render(SOURCE_STATES[kind], self.project.sql_dir / "macros")
-        return self.con.execute(sql).fetchone()[0]
+    def _source_states(self) -> dict:
+        """The latest extracted run and content hashes of the raw pages models read, in one query."""
+        sql, _, _ = self.project.render(SOURCE_STATES, self.project.sql_dir / "macros")
+        cursor = self.con.execute(sql)
+        return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
 
     def input_state(self) -> int:
         """The run the models will describe (0 when no run has landed yet)."""
-        return self._source_state("run_id")
+        return self._source_states()["run_id"]
 
-    def _input_states(self) -> dict[str, str]:
+    def _input_states(self, sources: dict | None = None) -> dict[str, str]:
         """Per model: a hash of the raw data it reads, directly or through its parents."""
-        sources = {kind: self._source_state(kind) for kind in ("latest_run", "all_runs")}
+        sources = sources or self._source_states()
         states: dict[str, str] = {}
         for model in self.project.order:
             parts = [f"{model.inputs}={sources[model.inputs]}"] if model.sources else []
@@ -126,9 +130,9 @@ class Runner:
             states[model.name] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
         return states
 
-    def _unchanged(self, model: Model, published: dict, states: dict) -> bool:
+    def _unchanged(self, model: Model, published: dict, states: dict, kinds: dict) -> bool:
         """A view stores no data: only its SQL matters. A table also depends on its inputs."""
-        if _existing_kind(self.con, model.schema, model.name) != model.materialized:
+        if kinds.get((model.schema, model.name)) != model.materialized:
             return False
         built = published.get(model.name)
         if built is None or built[0] != model.version:
@@ -138,24 +142,26 @@ class Runner:
     # -- build ---------------------------------------------------------------------------
 
     def build_and_publish(self, force: bool = False) -> BuildResult:
-        input_run = self.input_state()
+        sources = self._source_states()
+        input_run = sources["run_id"]
         if input_run == 0:
             raise ModelError("nothing to build: no run has landed its pages yet (run `python pipeline.py extract` or `run`)")
-        states = self._input_states()
+        states = self._input_states(sources)
         published = _published(self.con)
+        kinds = _relation_kinds(self.con)
         results: list[ModelResult] = []
         tests: list[TestResult] = []
         building: str | None = None  # the model being built, named as failed if its build raises
         self.con.execute("begin transaction")
         try:
             for model in self.project.order:
-                if not force and self._unchanged(model, published, states):
+                if not force and self._unchanged(model, published, states, kinds):
                     results.append(ModelResult(model.name, model.relation, model.version, "skipped", None, 0.0))
                     why = "same SQL" if model.materialized == "view" else "same SQL and inputs"
                     self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
                 building = model.name
-                results.append(self._build(model))
+                results.append(self._build(model, kinds.get((model.schema, model.name))))
                 building = None
                 crash_point("mid-build")
                 built = results[-1]
@@ -176,16 +182,13 @@ class Runner:
             raise
         return BuildResult(results, tests, input_run)
 
-    def _build(self, model: Model) -> ModelResult:
+    def _build(self, model: Model, existing: str | None) -> ModelResult:
         started = time.perf_counter()
-        existing = _existing_kind(self.con, model.schema, model.name)
         try:
             if existing and existing != model.materialized:
                 self.con.execute(f"drop {existing} {model.relation}")
-            self.con.execute(f"create or replace {model.materialized} {model.relation} as {model.sql}")
-            rows = None
-            if model.materialized == "table":
-                rows = self.con.execute(f"select count(*) from {model.relation}").fetchone()[0]
+            created = self.con.execute(f"create or replace {model.materialized} {model.relation} as {model.sql}")
+            rows = created.fetchone()[0] if model.materialized == "table" else None  # CTAS answers its row count
         except duckdb.Error as exc:
             raise ModelError(f"model {model.name} failed to build ({_error_line(self.project, model.path, exc)})") from None
         seconds = time.perf_counter() - started
