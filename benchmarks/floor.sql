@@ -7,6 +7,7 @@
 --   every record is scored, and the dedup is one hash aggregate
 --   (arg_max on a packed key: score desc, page asc, position asc) instead of a window sort;
 --   the md5 enrichment runs on the winners only. The result is a temp (in-memory) table.
+--   The page arrays are a materialized CTE so that parsing uses every core.
 -- Pass 2 (export): one sort, COPY TO json.
 --
 -- The rule expressions (whitespace class of sql/macros/text.sql, the e-mail pattern, the
@@ -28,7 +29,10 @@ run as (
     limit 1
 ),
 
-pages as (
+pages as materialized (
+    -- materialized: a run's pages are few rows, which DuckDB scans on one thread; from the
+    -- materialized page arrays the unnest and parse below run on every thread (6.7 s -> 3.6 s
+    -- at 1M records on 2 cores). The models do the same (sql/staging/stg_reqres__users.sql).
     select api_pages.page, json_extract(api_pages.body, '$.data[*]') as records
     from raw.api_pages
     inner join run on api_pages.run_id = run.run_id
