@@ -178,7 +178,21 @@ def _damaged_message(path: Path, message: str) -> str:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the schemas and the pipeline's own tables if they do not exist."""
+    """Create the schemas and the pipeline's own tables if they do not exist.
+
+    One catalog query first: on a warehouse that already has them all (with their comments),
+    nothing is written, so the catalog does not change on every run.
+    """
+    schemas = {row[0] for row in con.execute(
+        "select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
+    comments = dict(con.execute(
+        """
+        select schema_name || '.' || table_name, comment from duckdb_tables()
+        where database_name = current_database() and schema_name in ('raw', 'meta')
+        """
+    ).fetchall())
+    if set(SCHEMAS) <= schemas and all(comments.get(t) == c for t, c in FIXED_COMMENTS.items()):
+        return
     for schema in SCHEMAS:
         con.execute(f"create schema if not exists {schema}")
     con.execute(FIXED_DDL)

@@ -60,26 +60,28 @@ enriched as (
 
     select
         *,
-        case
+        cast(case
             when has_engagement_score and engagement_score >= 70 then 'high'
             when has_engagement_score and engagement_score >= 40 then 'medium'
             when has_engagement_score and engagement_score >= 0 then 'low'
             when has_engagement_score then 'unknown'
             else ['high', 'medium', 'low'][1 + (engagement_draw % 3)::integer]
-        end as engagement_level,
-        case
+        end as {{ value_set('engagement_level') }}) as engagement_level,
+        cast(case
             when has_last_activity_at and last_activity_at >= run_started_at - interval 90 day then 'active'
             when has_last_activity_at and last_activity_at is not null then 'inactive'
             when has_last_activity_at then 'unknown'
             else ['active', 'inactive'][1 + (activity_draw % 2)::integer]
-        end as activity_status,
-        ['website', 'mobile_app', 'email_campaign'][1 + (channel_draw % 3)::integer] as acquisition_channel,
-        ['US-West', 'US-East', 'EU-Central', 'APAC'][1 + (segment_draw % 4)::integer] as market_segment,
-        case
+        end as {{ value_set('activity_status') }}) as activity_status,
+        cast(['website', 'mobile_app', 'email_campaign'][1 + (channel_draw % 3)::integer]
+            as {{ value_set('acquisition_channel') }}) as acquisition_channel,
+        cast(['US-West', 'US-East', 'EU-Central', 'APAC'][1 + (segment_draw % 4)::integer]
+            as {{ value_set('market_segment') }}) as market_segment,
+        cast(case
             when tier_draw % 10 < 6 then 'basic'
             when tier_draw % 10 < 9 then 'premium'
             else 'enterprise'
-        end as customer_tier
+        end as {{ value_set('customer_tier') }}) as customer_tier
     from hashed
 
 ),

@@ -85,11 +85,11 @@ bucketed as (
 
     select
         *,
-        case
+        cast(case
             when data_quality_score >= 90 then 'high'
             when data_quality_score >= 70 then 'medium'
             else 'low'
-        end as quality_bucket
+        end as {{ value_set('quality_bucket') }}) as quality_bucket
     from scored
 
 ),
