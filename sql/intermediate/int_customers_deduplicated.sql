@@ -10,23 +10,33 @@ scored as (
 
 ),
 
-counted as (
+winners as (
 
+    -- one hash aggregate over narrow columns picks each customer's winning record:
+    -- arg_min of (-score, page, position) is the highest score, then the lowest page,
+    -- then the lowest position (cheaper than sorting every wide row in a window)
     select
-        *,
-        count(*) over (partition by customer_id) as records_received
+        customer_id,
+        count(*) as records_received,
+        arg_min(
+            {'page': page, 'position_in_page': position_in_page},
+            {'score': -data_quality_score, 'page': page, 'position_in_page': position_in_page}
+        ) as winner
     from scored
+    group by customer_id
 
 ),
 
 deduplicated as (
 
-    select *
-    from counted
-    qualify row_number() over (
-        partition by customer_id
-        order by data_quality_score desc, page asc, position_in_page asc
-    ) = 1
+    select
+        scored.*,
+        winners.records_received
+    from scored
+    inner join winners
+        on scored.customer_id = winners.customer_id
+        and scored.page = winners.winner.page
+        and scored.position_in_page = winners.winner.position_in_page
 
 ),
 
