@@ -300,6 +300,39 @@ def test_export_is_readable_by_others_like_a_normal_file(tmp_path):
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_export_in_place_and_copied_give_the_same_document(tmp_path, monkeypatch):
+    """The metadata goes in front of DuckDB's array in place (fallocate INSERT_RANGE) where the
+    filesystem can, else by copying; either way the same JSON, fsynced, no temp files left."""
+    from transform import export as export_mod
+
+    in_place = []
+    real = export_mod._prepend_in_place
+    monkeypatch.setattr(export_mod, "_prepend_in_place", lambda *a: in_place.append(real(*a)) or in_place[-1])
+    with DemoAPI(dataset="demo", faults="none", customers=300) as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        first = read_export(tmp_path / "out.json")
+        monkeypatch.setattr(export_mod, "_fallocate", lambda: None)  # as on a filesystem without it
+        orchestrate.run(settings(tmp_path, api.base_url, output=tmp_path / "copied.json"))
+    copied = read_export(tmp_path / "copied.json")
+    assert in_place[-1] is False  # the second export took the copying path
+    assert len(first["customers"]) == first["metadata"]["total_customers"] > 200
+    assert copied["customers"] == first["customers"]
+    assert list(copied["metadata"]) == list(first["metadata"])
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+    # the in-place step itself: either the exact document, or (filesystem cannot) the file untouched
+    array = tmp_path / "array.json"
+    body = b'[\n\t{"customer_id":1}\n]\n'
+    array.write_bytes(body)
+    done = export_mod._prepend_in_place(str(array), b'{"metadata": {},\n', b'"customers": ', b"\n}\n")
+    text = array.read_bytes()
+    if done:
+        assert len(text) % 4096 == len(body) + 3 and text.startswith(b'{"metadata": {},\n   ')
+        assert json.loads(text) == {"metadata": {}, "customers": [{"customer_id": 1}]}
+    else:
+        assert text == body
+
+
 def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
     # .invalid never resolves (RFC 2606): what a machine without network sees for reqres.in
     result = run_cli("run", "--base-url", "https://api.invalid/api", "--max-attempts", "1",
