@@ -64,7 +64,7 @@ class Lander:
     """Buffers fetched pages and lands them in bulk: every ``batch`` pages or ``seconds``."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, run_id: int, result: ExtractResult,
-                 batch: int = 200, seconds: float = 0.5):
+                 batch: int = 200, seconds: float = 0.1):
         self.con, self.run_id, self.result = con, run_id, result
         self.batch, self.seconds = batch, seconds
         self.buffer: list[Page] = []

@@ -56,6 +56,7 @@ def test_a_failing_data_test_publishes_nothing(tmp_path, api):
     )
     # and a model change that would alter the mart if it were published
     scored = sql / "intermediate" / "int_customers_scored.sql"
+    assert "100 - 10 * len(quality_issues)" in scored.read_text()
     scored.write_text(scored.read_text().replace("100 - 10 * len(quality_issues)", "90 - 10 * len(quality_issues)"))
     result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                      "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
@@ -78,7 +79,9 @@ def test_a_model_with_a_sql_error_names_the_file_and_line_and_publishes_nothing(
     before = snapshot(warehouse)
     sql = copy_sql(tmp_path)
     model = sql / "intermediate" / "int_customers_deduplicated.sql"
-    model.write_text(model.read_text().replace("count(*) over", "count(no_such_column) over"))
+    text = model.read_text()
+    assert "count(*) as records_received" in text  # the edit below must really break the model
+    model.write_text(text.replace("count(*) as records_received", "count(no_such_column) as records_received"))
     result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                      "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
     assert result.returncode == 1
