@@ -61,14 +61,37 @@ GOAL_LINEAR = 12.0
 # -- one size -------------------------------------------------------------------------------
 
 
-def measure(n: int, workdir: Path, timeout: float, quiet_wait: float = 0.0) -> dict:
+def _copy_db(source: Path, target: Path) -> None:
+    """A DuckDB file and its WAL (if any), replacing whatever was at ``target``."""
+    for suffix in ("", ".wal"):
+        Path(str(target) + suffix).unlink(missing_ok=True)
+        if Path(str(source) + suffix).exists():
+            shutil.copyfile(Path(str(source) + suffix), Path(str(target) + suffix))
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per key: the median of the seconds, the largest RSS and load, the last of the rest."""
+    merged = dict(runs[-1])
+    for key in ("seconds", "wall", "cpu"):
+        if all(key in r for r in runs):
+            merged[key] = statistics.median(r[key] for r in runs)
+    for key in ("rss", "others"):
+        if all(key in r for r in runs):
+            merged[key] = max(r[key] for r in runs)
+    if "phases" in merged:
+        merged["phases"] = {k: statistics.median(r["phases"].get(k) or 0 for r in runs) for k in merged["phases"]}
+    return merged
+
+
+def measure(n: int, workdir: Path, timeout: float, quiet_wait: float = 0.0, repeat: int = 1) -> dict:
     from extract.demo_api import DemoAPI
 
     warehouse = workdir / "pipeline.duckdb"
+    landed = workdir / "landed.duckdb"
     floor_warehouse = workdir / "floor.duckdb"
     outputs = {"pipeline": workdir / "pipeline.json", "floor": workdir / "floor.json",
                "baseline": workdir / "baseline.json"}
-    result: dict = {"n": n, "waited": 0.0}
+    result: dict = {"n": n, "waited": 0.0, "repeat": repeat}
 
     def child(cmd):
         result["waited"] += wait_quiet(quiet_wait) if quiet_wait else 0.0
@@ -92,28 +115,42 @@ def measure(n: int, workdir: Path, timeout: float, quiet_wait: float = 0.0) -> d
         done, info = stage("extract")
         result["extract"] = {"seconds": info["seconds"], "wall": done.wall, "rss": done.max_rss_mb, **load(done),
                              "pages": info["pages"], "records": info["records"], "requests": info["requests"]}
-        for suffix in ("", ".wal"):  # the floor starts from the very same raw pages
-            source = Path(str(warehouse) + suffix)
-            if source.exists():
-                shutil.copyfile(source, Path(str(floor_warehouse) + suffix))
+        _copy_db(warehouse, landed)  # every build and every floor run starts from the very same raw pages
 
-        _log(f"N={n:,}: build")
-        done, info = stage("build")
-        result["build"] = {"seconds": info["seconds"], "wall": done.wall, "rss": done.max_rss_mb, **load(done)}
-        result["models"], result["tests"] = build_details(warehouse)
+        # build, export and the floor, interleaved: with --repeat, each round restores the
+        # landed warehouse and runs all three, so drifts in machine speed hit both sides alike
+        builds, exports, floors, ratios = [], [], [], []
+        for round_no in range(1, repeat + 1):
+            tag = f" (round {round_no} of {repeat})" if repeat > 1 else ""
+            if round_no > 1:
+                _copy_db(landed, warehouse)
+            _log(f"N={n:,}: build{tag}")
+            done, info = stage("build")
+            models, tests = build_details(warehouse)
+            builds.append({"seconds": info["seconds"], "wall": done.wall, "rss": done.max_rss_mb, **load(done),
+                           "models_seconds": sum(m[3] or 0 for m in models),
+                           "tests_seconds": sum(t[1] or 0 for t in tests)})
 
-        _log(f"N={n:,}: export")
-        done, info = stage("export", output=outputs["pipeline"])
-        result["export"] = {"seconds": info["seconds"], "wall": done.wall, "rss": done.max_rss_mb, **load(done),
-                            "customers": info["total_customers"]}
+            _log(f"N={n:,}: export{tag}")
+            done, info = stage("export", output=outputs["pipeline"])
+            exports.append({"seconds": info["seconds"], "wall": done.wall, "rss": done.max_rss_mb, **load(done),
+                            "customers": info["total_customers"]})
+
+            _log(f"N={n:,}: floor{tag}")
+            _copy_db(landed, floor_warehouse)
+            done = child([PYTHON, CHILD, "floor", "--warehouse", str(floor_warehouse),
+                          "--output", str(outputs["floor"])])
+            info = done.json()
+            floors.append({"phases": info["phases"], "seconds": info["seconds"], "wall": done.wall,
+                           "rss": done.max_rss_mb, **load(done), "result": info["result"]})
+            floor_bte = sum(info["phases"].get(k) or 0 for k in ("transform", "export", "metadata"))
+            ratios.append((builds[-1]["seconds"] + exports[-1]["seconds"]) / floor_bte if floor_bte else None)
+        result["build"], result["export"], result["floor"] = _median_run(builds), _median_run(exports), _median_run(floors)
+        for key in ("models_seconds", "tests_seconds"):
+            result["build"][key] = statistics.median(b[key] for b in builds)
+        result["round_ratios"] = ratios
+        result["models"], result["tests"] = models, tests  # per model: the last round's
         result["warehouse_mb"] = warehouse.stat().st_size / 2**20
-
-        _log(f"N={n:,}: floor")
-        done = child([PYTHON, CHILD, "floor", "--warehouse", str(floor_warehouse),
-                      "--output", str(outputs["floor"])])
-        info = done.json()
-        result["floor"] = {"phases": info["phases"], "seconds": info["seconds"], "wall": done.wall,
-                           "rss": done.max_rss_mb, **load(done), "result": info["result"]}
 
         _log(f"N={n:,}: fetch-only floor")
         done = child([PYTHON, CHILD, "fetch", "--base-url", url, "--per-page", str(PER_PAGE),
@@ -192,9 +229,9 @@ def compare(outputs: dict[str, Path], n: int) -> dict[str, dict]:
 
 def stage_rows(r: dict) -> list[dict]:
     """The comparable stages of one size: name, pipeline s, floor s, peak RSS, process wall."""
-    models = sum(s or 0 for _, _, _, s in r["models"])
-    tests = sum(s or 0 for _, s in r["tests"])
     build, export, extract = r["build"], r["export"], r["extract"]
+    models = build.get("models_seconds", sum(s or 0 for _, _, _, s in r["models"]))
+    tests = build.get("tests_seconds", sum(s or 0 for _, s in r["tests"]))
     phases = r["floor"]["phases"]
     floor_transform = phases.get("transform")
     floor_export = (phases.get("export") or 0) + (phases.get("metadata") or 0)
@@ -238,6 +275,10 @@ def report_size(rep: Report, r: dict) -> None:
              "sort + COPY + metadata; other load = average cores used by other processes on the "
              "machine (plus hypervisor steal) while pipeline or floor ran: above ~0.2 the timing is disturbed"
              + (f"; waited {r['waited']:.0f} s in all for a quiet machine" if r["waited"] >= 1 else "") + ".")
+    if r.get("repeat", 1) > 1:
+        rep.line(f"build, export and floor ran {r['repeat']} times each, interleaved, from the same landed pages; "
+                 "the table shows medians (peak RSS and load: the largest); build+test+export / floor per round: "
+                 + ", ".join(f"{x:.2f}x" for x in r["round_ratios"] if x))
     fl, bl = r["floor"], r["baseline"]
     e2e_wall = r["extract"]["wall"] + r["build"]["wall"] + r["export"]["wall"]
     rep.line(f"floor.sql process: {fmt(fl['wall'])} s, peak RSS {fmt(fl['rss'])} MB, other load {fl['others']:.2f} "
@@ -342,6 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2,000 customers only, < 60 s (CI)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep warehouses and exports here (default: a temp dir, removed)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="build, export and floor K times each, interleaved, from the same landed pages; "
+                             "report medians (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600, help="per child process, seconds")
     parser.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
                         help="before each measured process, wait up to this long for other processes to "
@@ -353,6 +397,8 @@ def main(argv=None) -> int:
         parser.error(f"--sizes must be comma-separated whole numbers, not {args.sizes!r}")
     if not sizes or min(sizes) < 1:
         parser.error("--sizes needs at least one positive size")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.smoke else 60.0)
     rep = Report()
@@ -369,10 +415,10 @@ def main(argv=None) -> int:
             workdir = args.workdir / f"n{n}"
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
-            results[n] = measure(n, workdir, args.timeout, quiet_wait)
+            results[n] = measure(n, workdir, args.timeout, quiet_wait, args.repeat)
         else:
             with tempfile.TemporaryDirectory(prefix=f"scale_bench_{n}_") as tmp:
-                results[n] = measure(n, Path(tmp), args.timeout, quiet_wait)
+                results[n] = measure(n, Path(tmp), args.timeout, quiet_wait, args.repeat)
         report_size(rep, results[n])
     linear = report_linearity(rep, results)
     report_goals(rep, results, linear)
