@@ -328,6 +328,7 @@ class _DocsWriter(threading.Thread):
     def __init__(self, con, project, settings: Settings, summary: RunSummary):
         super().__init__(name="docs", daemon=True)
         self.cursor = con.cursor()
+        self.cursor.execute("set TimeZone = 'UTC'")  # a cursor does not inherit the connection's settings
         self.project, self.settings, self.summary = project, settings, summary
         self.start()
 
@@ -338,8 +339,15 @@ class _DocsWriter(threading.Thread):
             self.cursor.close()
 
     def join(self, timeout=None) -> None:
-        if self.is_alive():
-            super().join(timeout)
+        """Wait for the page; interrupted (Ctrl-C), stop its query first, so the connection can close."""
+        try:
+            while self.is_alive():
+                super().join(0.1)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.cursor.interrupt()
+            super().join()
+            raise
 
 
 def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
