@@ -82,6 +82,17 @@ class ApiSession(requests.Session):
     ``x-api-key``; this extends the same rule to it.
     """
 
+    def rebuild_proxies(self, prepared_request, proxies):
+        """A redirect's proxy comes from the environment for the URL it goes to, as in plain
+        requests: the session reads the environment once, for the base URL (``trust_env`` is
+        off for speed), and another host may be in NO_PROXY or need another proxy."""
+        saved = self.trust_env
+        self.trust_env = True
+        try:
+            return super().rebuild_proxies(prepared_request, {})
+        finally:
+            self.trust_env = saved
+
     def rebuild_auth(self, prepared_request, response):
         super().rebuild_auth(prepared_request, response)
         if API_KEY_HEADER in prepared_request.headers and self.should_strip_auth(

@@ -134,6 +134,27 @@ def test_the_key_is_not_forwarded_on_a_redirect_to_another_host():
     assert page.records == [{"id": 1}]
 
 
+def test_a_redirect_to_another_host_takes_that_host_s_proxy_from_the_environment(monkeypatch):
+    # the base host is in NO_PROXY, the redirect's host is not: requests' rule is that the
+    # redirect goes through the proxy (here a closed port, so it cannot connect), even though
+    # the session read the environment once, for the base URL
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, [{"id": 1}], total_pages=1)), host="localhost") as other:
+        with ScriptedAPI(_redirecting(other.base_url.replace("/api", ""))) as origin:
+            with pytest.raises(ApiError, match="could not connect"):
+                ApiClient(origin.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
+            assert origin.requests  # the base URL itself was reached directly
+        assert other.requests == []  # the redirect was not sent around the proxy
+
+
 def test_the_key_is_kept_on_a_same_host_redirect():
     key = "k-secret-redirect-2"
     holder = {}
