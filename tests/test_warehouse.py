@@ -80,8 +80,8 @@ def test_a_model_with_a_sql_error_names_the_file_and_line_and_publishes_nothing(
     sql = copy_sql(tmp_path)
     model = sql / "intermediate" / "int_customers_deduplicated.sql"
     text = model.read_text()
-    assert "count(*) as records_received" in text  # the edit below must really break the model
-    model.write_text(text.replace("count(*) as records_received", "count(no_such_column) as records_received"))
+    assert "count(*) over" in text  # the edit below must really break the model
+    model.write_text(text.replace("count(*) over", "count(no_such_column) over"))
     result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                      "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
     assert result.returncode == 1

@@ -10,33 +10,23 @@ scored as (
 
 ),
 
-winners as (
+counted as (
 
-    -- one hash aggregate over narrow columns picks each customer's winning record:
-    -- arg_min of (-score, page, position) is the highest score, then the lowest page,
-    -- then the lowest position (cheaper than sorting every wide row in a window)
     select
-        customer_id,
-        count(*) as records_received,
-        arg_min(
-            {'page': page, 'position_in_page': position_in_page},
-            {'score': -data_quality_score, 'page': page, 'position_in_page': position_in_page}
-        ) as winner
+        *,
+        count(*) over (partition by customer_id) as records_received
     from scored
-    group by customer_id
 
 ),
 
 deduplicated as (
 
-    select
-        scored.*,
-        winners.records_received
-    from scored
-    inner join winners
-        on scored.customer_id = winners.customer_id
-        and scored.page = winners.winner.page
-        and scored.position_in_page = winners.winner.position_in_page
+    select *
+    from counted
+    qualify row_number() over (
+        partition by customer_id
+        order by data_quality_score desc, page asc, position_in_page asc
+    ) = 1
 
 ),
 
