@@ -79,6 +79,11 @@ def dicts(con, sql: str, params=None) -> list[dict]:
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The lines a user reads as the failure (progress lines are also on stderr)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120):
     """Run ``python pipeline.py ARGS`` as a user would; returns CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import FAST_RETRY, dicts, run_cli, settings
+from conftest import FAST_RETRY, dicts, error_lines, run_cli, settings
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError, UsageError
 from pipeline import run_pipeline
@@ -20,11 +20,6 @@ CONTRACT_KEYS = [
     "customer_id", "full_name", "email_domain", "engagement_level", "activity_status",
     "acquisition_channel", "market_segment", "customer_tier", "data_quality_score",
 ]
-
-
-def error_lines(stderr: str) -> list[str]:
-    """The lines a user reads as the failure (progress lines are also on stderr)."""
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def read_export(path: Path) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import ROOT, SQL_DIR, dicts, rows, run_cli, settings
+from conftest import ROOT, SQL_DIR, dicts, error_lines, rows, run_cli, settings
 from extract.demo_api import DemoAPI
 from extract.errors import DataTestError
 from transform import orchestrate
@@ -23,10 +23,6 @@ from transform import orchestrate
 def api():
     with DemoAPI(dataset="demo", faults="none") as server:
         yield server
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def snapshot(warehouse: Path) -> list[tuple]:

@@ -116,13 +116,8 @@ class Runner:
         cursor = self.con.execute(sql)
         return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
 
-    def input_state(self) -> int:
-        """The run the models will describe (0 when no run has landed yet)."""
-        return self._source_states()["run_id"]
-
-    def _input_states(self, sources: dict | None = None) -> dict[str, str]:
+    def _input_states(self, sources: dict) -> dict[str, str]:
         """Per model: a hash of the raw data it reads, directly or through its parents."""
-        sources = sources or self._source_states()
         states: dict[str, str] = {}
         for model in self.project.order:
             parts = [f"{model.inputs}={sources[model.inputs]}"] if model.sources else []
