@@ -10,23 +10,20 @@ scored as (
 
 ),
 
-counted as (
-
-    select
-        *,
-        count(*) over (partition by customer_id) as records_received
-    from scored
-
-),
-
 deduplicated as (
 
-    select *
-    from counted
-    qualify row_number() over (
+    -- one window, so one sort: the count needs the whole partition (the frame says so) and
+    -- row_number ignores frames; two windows with different orders would sort twice
+    select
+        *,
+        count(*) over by_quality as records_received
+    from scored
+    window by_quality as (
         partition by customer_id
         order by data_quality_score desc, page asc, position_in_page asc
-    ) = 1
+        rows between unbounded preceding and unbounded following
+    )
+    qualify row_number() over by_quality = 1
 
 ),
 

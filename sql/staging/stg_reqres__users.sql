@@ -49,19 +49,19 @@ received as materialized (
 
 parsed as (
 
-    -- each record parsed once into the fields we read, and once for its keys
-    -- (a key sent as null is not the same as a key not sent)
+    -- each record parsed once into the fields we read, and once for its shape: the JSON
+    -- types of the record and of its optional keys (a key sent as null has type 'NULL',
+    -- a key not sent has none). One parse for the three; json_keys + json_type took two.
     select
         page,
         position_in_page,
         record,
-        json_type(record) = 'OBJECT' as is_object,
         json_transform(
             record,
             '{"id": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR", "email": "VARCHAR",
               "avatar": "VARCHAR", "engagement_score": "VARCHAR", "last_activity_at": "VARCHAR"}'
         ) as fields,
-        json_keys(record) as record_keys
+        json_type(record, ['$', '$.engagement_score', '$.last_activity_at']) as types
     from received
 
 ),
@@ -72,15 +72,15 @@ extracted as (
         page,
         position_in_page,
         record,
-        is_object,
+        types[1] = 'OBJECT' as is_object,
         {{ trim_text('fields.id') }} as id_text,
         fields.first_name as first_name_text,
         fields.last_name as last_name_text,
         fields.email as email_text,
         fields.avatar as avatar_text,
-        list_contains(record_keys, 'engagement_score') as has_engagement_score,
+        types[2] is not null as has_engagement_score,
         fields.engagement_score as engagement_score_text,
-        list_contains(record_keys, 'last_activity_at') as has_last_activity_at,
+        types[3] is not null as has_last_activity_at,
         fields.last_activity_at as last_activity_text
     from parsed
 
