@@ -2,7 +2,8 @@
 -- hand-written as one DuckDB script over the landed raw.api_pages, in as few passes as possible.
 --
 -- Pass 1 (transform): each record is parsed once into typed fields (json_transform into a
---   struct) and once for its keys (a key present with a JSON null is told apart from an
+--   struct) and once for its shape (json_type with a list of paths: the record's type and
+--   the optional keys' types, so a key present with a JSON null is told apart from an
 --   absent key; from_json into a MAP does both in one go but is 2x slower in DuckDB 2.0),
 --   every record is scored, and the dedup is one hash aggregate
 --   (arg_max on a packed key: score desc, page asc, position asc) instead of a window sort;
@@ -44,16 +45,19 @@ received as (
 ),
 
 parsed as (
-    -- each record parsed once into typed fields, once for its keys (present-but-null != absent)
+    -- each record parsed once into typed fields, once for its shape (present-but-null != absent)
     select
         page,
         pos,
+        types,
         json_transform(record, '{"id": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR",
             "email": "VARCHAR", "avatar": "VARCHAR", "engagement_score": "VARCHAR",
-            "last_activity_at": "VARCHAR"}') as r,
-        json_keys(record) as keys
-    from received
-    where json_type(record) = 'OBJECT'
+            "last_activity_at": "VARCHAR"}') as r
+    from (
+        select *, json_type(record, ['$', '$.engagement_score', '$.last_activity_at']) as types
+        from received
+    )
+    where types[1] = 'OBJECT'
 ),
 
 standardized as (
@@ -65,10 +69,10 @@ standardized as (
         nullif(trim(regexp_replace(r.last_name, '[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+', ' ', 'g')), '') as last_name,
         lower(nullif(regexp_replace(r.email, '^[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+|[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+$', '', 'g'), '')) as email,
         nullif(regexp_replace(r.avatar, '^[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+|[[:space:]\pZ\x{1c}-\x{1f}\x{85}]+$', '', 'g'), '') as avatar_url,
-        list_contains(keys, 'engagement_score') as has_engagement_score,
+        types[2] is not null as has_engagement_score,
         case when try_cast(r.engagement_score as double) between 0 and 100
             then try_cast(r.engagement_score as double) end as engagement_score,
-        list_contains(keys, 'last_activity_at') as has_last_activity_at,
+        types[3] is not null as has_last_activity_at,
         case
             when regexp_full_match(
                 r.last_activity_at,
