@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
-from .errors import ApiError
+from .errors import ApiError, Cancelled
 from .redact import redact, strip_userinfo
 
 API_KEY_HEADER = "x-api-key"
@@ -187,6 +187,7 @@ class ApiClient:
         self._base_parts = (parts, parse_qsl(parts.query, keep_blank_values=True))
         self._sessions: list[ApiSession] = []
         self._sessions_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -210,6 +211,24 @@ class ApiClient:
                 self._sessions.append(session)
         return session
 
+    def cancel(self) -> None:
+        """Stop every fetch of this client: no new attempt starts, backoff sleeps end now.
+
+        A request already on the wire finishes (its timeout bounds it); its page is kept.
+        """
+        self._stopping.set()
+        if self.throttle is not None:
+            self.throttle.cancel()
+
+    def _sleep(self, seconds: float) -> None:
+        """tenacity's sleep between attempts, cut short by ``cancel()``."""
+        if self.sleep is time.sleep:
+            self._stopping.wait(seconds)
+        else:
+            self.sleep(seconds)  # tests pass their own clock
+        if self._stopping.is_set():
+            raise Cancelled("the run is stopping: retry not attempted")
+
     def close(self) -> None:
         with self._sessions_lock:
             for session in self._sessions:
@@ -232,6 +251,8 @@ class ApiClient:
     # -- one attempt --------------------------------------------------------------------
 
     def _attempt(self, page: int) -> Page:
+        if self._stopping.is_set():
+            raise Cancelled("the run is stopping: request not sent")
         url = self.page_url(page)
         if self.throttle is not None:
             self.throttle.acquire()
@@ -310,7 +331,7 @@ class ApiClient:
             retry=tenacity.retry_if_exception_type(TransientError),
             stop=tenacity.stop_after_attempt(self.policy.attempts),
             wait=self._wait,
-            sleep=self.sleep,
+            sleep=self._sleep,
             before_sleep=lambda state: self.stats.add(retries=1),
             reraise=True,
         )

@@ -22,6 +22,10 @@ class ApiError(PipelineError):
     """The API refused or kept failing; the message names the page and the status."""
 
 
+class Cancelled(PipelineError):
+    """A request stopped because the run is stopping (another page failed, Ctrl-C, a locked warehouse)."""
+
+
 class WarehouseError(PipelineError):
     """The warehouse file is locked, damaged, or not a DuckDB database."""
 

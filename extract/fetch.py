@@ -92,10 +92,12 @@ def extract_run(
     client: ApiClient,
     concurrency: int,
     progress=None,
+    first_page: futures.Future | None = None,
 ) -> ExtractResult:
     """Fetch every page of the source into ``raw.api_pages`` for ``run_id``.
 
-    Pages this run already landed (a resumed run) are not fetched again.
+    Pages this run already landed (a resumed run) are not fetched again. ``first_page``:
+    page 1 already requested (``prefetch_first_page``), for a run that lands nothing yet.
     """
     result = ExtractResult()
     already = landed_pages(con, run_id)
@@ -107,7 +109,7 @@ def extract_run(
     if first_body is not None:
         first = json.loads(first_body)
     else:
-        page1 = client.get_page(1)
+        page1 = first_page.result() if first_page is not None else client.get_page(1)
         lander.add(page1)
         lander.flush()
         first = page1.payload
@@ -136,6 +138,20 @@ def extract_run(
     result.pages_expected = total_pages
     _extract_concurrent(client, lander, result, already, total_pages, concurrency, progress)
     return result
+
+
+def prefetch_first_page(client: ApiClient) -> futures.Future:
+    """Request page 1 in a thread now, while the caller opens the warehouse.
+
+    Page 1 says how many pages there are, so nothing else can start before it; asking for
+    it first overlaps its round trip with the warehouse's start-up. If the run stops before
+    using it, ``client.cancel()`` ends its retries.
+    """
+    executor = futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-first")
+    try:
+        return executor.submit(client.get_page, 1)
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _extract_sequential(client, lander, result, already, first_records, progress) -> None:
@@ -220,6 +236,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
     except BaseException:
         for future in pending:
             future.cancel()
+        client.cancel()  # workers in a backoff sleep or waiting for the throttle stop now
         pool.shutdown(wait=True, cancel_futures=True)
         # land what did arrive: a resumed run will not fetch it again
         for future in list(pending):

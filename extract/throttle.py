@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Callable
 
+from .errors import Cancelled
+
 
 class Throttle:
     def __init__(
@@ -56,6 +58,7 @@ class Throttle:
         self.probe_factor = 5
         self.sent: collections.deque[float] = collections.deque()
         self.send_log: list[float] = []  # every send time, for the rate test and stats
+        self.cancelled = False
         self._cond = threading.Condition()
 
     def _wait_needed(self, now: float) -> float | None:
@@ -75,6 +78,8 @@ class Throttle:
     def acquire(self) -> None:
         with self._cond:
             while True:
+                if self.cancelled:
+                    raise Cancelled("the run is stopping: request not sent")
                 now = self.clock()
                 wait = self._wait_needed(now)
                 if wait is None:
@@ -85,6 +90,12 @@ class Throttle:
             if self.max_requests:
                 self.sent.append(now)
             self.send_log.append(now)
+
+    def cancel(self) -> None:
+        """Stop: workers waiting for their turn raise ``Cancelled`` at once, none send again."""
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
 
     def release(self, ok: bool) -> None:
         with self._cond:

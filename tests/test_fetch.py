@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import duckdb
 import pytest
 
 from conftest import FAST_RETRY, ROOT, land_records, rows, settings
-from extract.client import ApiClient, ClientStats
+from extract.client import ApiClient, ClientStats, RetryPolicy
+from extract.errors import ApiError, Cancelled
 from extract.demo_api import DemoAPI
 from extract.fetch import extract_run
 from extract.progress import Progress
@@ -144,6 +146,14 @@ def test_pages_after_the_first_are_fetched_concurrently_within_the_bound(con):
     assert elapsed < 40 * 0.05  # sequential would need 2 s at least
 
 
+def test_a_run_asks_for_each_page_once_page_1_while_the_warehouse_opens(tmp_path):
+    with DemoAPI(dataset="scale", customers=60, duplicate_rate=0, faults="none") as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=10, concurrency=3))
+        pages = sorted(r.page for r in api.requests)
+    assert pages == [1, 2, 3, 4, 5, 6]
+    assert summary.requests == 6 and summary.metadata["total_customers"] == 60
+
+
 def test_a_server_that_429s_above_two_in_flight_costs_at_most_1_5_requests_per_page(tmp_path):
     with DemoAPI(dataset="scale", customers=1200, duplicate_rate=0, faults="none", latency=0.02,
                  max_in_flight=2, retry_after="1") as api:
@@ -166,6 +176,89 @@ def test_throttle_rate_limit_holds_every_window(tmp_path):
         in_window = [t for t in times[i:] if t - start < 1.0 - 0.02]  # 20 ms slack for clock/transport
         assert len(in_window) <= 10, (i, len(in_window))
     assert times[-1] - times[0] >= 2.0  # 30 requests at 10 per second window need > 2 s
+
+
+def test_a_failing_page_stops_the_other_workers_backoff_at_once(con):
+    # page 3 is refused (401) while page 2 keeps answering 503 with Retry-After: 30: the run
+    # fails with page 3's error as soon as it arrives, not after page 2's 30 s pause
+    def respond(request):
+        if request.page == 1:
+            return 200, {}, page_body(1, 5, RECORDS[:5], total_pages=5)
+        if request.page == 3:
+            time.sleep(0.3)  # page 2 is in its pause by now
+            return 401, {}, {"error": "missing api key"}
+        if request.page == 2:
+            return 503, {"Retry-After": "30"}, "busy"
+        return 200, {}, page_body(request.page, 5, RECORDS[(request.page - 1) * 5: request.page * 5], total_pages=5)
+
+    con.execute("insert into raw.runs (run_id, started_at, status) values (1, now(), 'running')")
+    policy = RetryPolicy(attempts=5, backoff_initial=0.01, backoff_max=0.05, retry_after_max=60.0,
+                         connect_timeout=2.0, read_timeout=2.0)
+    with ScriptedAPI(respond) as api:
+        client = ApiClient(api.base_url, 5, policy=policy, throttle=Throttle(3))
+        started = time.monotonic()
+        with pytest.raises(ApiError, match="page 3: the API answered HTTP 401"):
+            extract_run(con, 1, client, 3)
+        elapsed = time.monotonic() - started
+        page_2_requests = sum(1 for r in api.requests if r.page == 2)
+    client.close()
+    assert elapsed < 5, elapsed
+    assert page_2_requests == 1  # its retry was never sent
+    assert [page for page, _ in landed(con)] == [1, 4, 5]  # what arrived is kept for --resume
+
+
+def test_a_cancelled_client_sends_nothing_more_and_ends_its_sleeps():
+    requests_seen = []
+
+    def respond(request):
+        requests_seen.append(request.page)
+        return 503, {"Retry-After": "30"}, "busy"
+
+    policy = RetryPolicy(attempts=5, backoff_initial=0.01, backoff_max=0.05, retry_after_max=60.0,
+                         connect_timeout=2.0, read_timeout=2.0)
+    with ScriptedAPI(respond) as api:
+        client = ApiClient(api.base_url, 5, policy=policy, throttle=Throttle(2))
+        outcome = {}
+
+        def fetch():
+            try:
+                client.get_page(1)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        time.sleep(0.3)  # the first attempt got its 503 and sleeps for Retry-After
+        cancelled_at = time.monotonic()
+        client.cancel()
+        worker.join(5)
+        stopped_after = time.monotonic() - cancelled_at
+        with pytest.raises(Cancelled):
+            client.get_page(2)
+        client.close()
+    assert not worker.is_alive() and stopped_after < 1, stopped_after
+    assert isinstance(outcome.get("error"), Cancelled)
+    assert requests_seen == [1]
+
+
+def test_a_cancelled_throttle_releases_waiting_workers():
+    throttle = Throttle(1)
+    throttle.acquire()  # the only slot is taken
+    outcome = {}
+
+    def wait_for_slot():
+        try:
+            throttle.acquire()
+            outcome["got"] = True
+        except Cancelled:
+            outcome["cancelled"] = True
+
+    waiter = threading.Thread(target=wait_for_slot)
+    waiter.start()
+    time.sleep(0.2)
+    throttle.cancel()
+    waiter.join(2)
+    assert not waiter.is_alive() and outcome == {"cancelled": True}
 
 
 def test_throttle_aimd_halves_on_429_and_recovers():

@@ -7,6 +7,7 @@ raw, and touches neither the published models nor the last export.
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import contextlib
 import logging
 import threading
@@ -20,7 +21,7 @@ import duckdb
 from extract.client import ApiClient, ClientStats, RetryPolicy
 from extract.crashpoints import crash_point
 from extract.errors import PipelineError, UsageError
-from extract.fetch import extract_run
+from extract.fetch import extract_run, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo
 from extract.throttle import Throttle
@@ -182,14 +183,19 @@ def _fail_run(con, run_id: int, stage: str, error: str) -> None:
 # -- steps -------------------------------------------------------------------------------------
 
 
-def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: RunSummary) -> None:
-    stats = ClientStats()
-    progress.stats = stats
+def _client(settings: Settings) -> ApiClient:
     throttle = Throttle(settings.concurrency, max_requests=settings.max_requests_per_minute,
                         window=settings.rate_window)
-    client = ApiClient(settings.base_url, settings.per_page, settings.api_key, settings.retry, throttle, stats=stats)
+    return ApiClient(settings.base_url, settings.per_page, settings.api_key, settings.retry, throttle,
+                     stats=ClientStats())
+
+
+def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: RunSummary,
+             client: ApiClient, first_page=None) -> None:
+    stats = client.stats
+    progress.stats = stats
     try:
-        result = extract_run(con, run_id, client, settings.concurrency, progress)
+        result = extract_run(con, run_id, client, settings.concurrency, progress, first_page=first_page)
     finally:
         client.close()
         progress.done()
@@ -238,15 +244,33 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     if "export" in steps:
         export_mod.check_output_path(Path(settings.output))
     progress = progress or Progress(quiet=settings.quiet)
-    project = Project(settings.sql_dir) if ("build" in steps or "export" in steps) else None
+    project = None
+    if "build" in steps or "export" in steps:
+        # The SQL project (every model rendered with Jinja) loads in a thread while the
+        # warehouse opens. It is checked before anything is written or fetched (and before
+        # a new warehouse file is created), so a broken model still touches nothing.
+        loading = futures.ThreadPoolExecutor(1, thread_name_prefix="project")
+        project = loading.submit(Project, settings.sql_dir)
+        loading.shutdown(wait=False)
+        if not Path(settings.warehouse).exists():
+            project = project.result()
     started = time.monotonic()
     summary = RunSummary(run_id=None, status="running")
     lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
+    client = first_page = None
     try:
         if lock.stale_holder:
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
         con = connect(settings.warehouse_config)
         try:
+            if isinstance(project, futures.Future):
+                project = project.result()
+            # the warehouse opens and the SQL project loads: nothing stops the run before the
+            # extraction any more, so page 1 can be on its way while the run is set up
+            if "extract" in steps:
+                client = _client(settings)
+                if not settings.resume:  # a resumed run may have page 1 already
+                    first_page = prefetch_first_page(client)
             ensure_schema(con)
             _close_dead_runs(con)
             run_id = None
@@ -258,7 +282,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 )
                 stage_started = time.monotonic()
                 try:
-                    _extract(con, run_id, settings, progress, summary)
+                    _extract(con, run_id, settings, progress, summary, client, first_page)
                 except BaseException as exc:
                     _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
@@ -266,26 +290,46 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 crash_point("after-extract")
                 if settings.keep_runs:
                     _prune(con, settings.keep_runs)
-            for stage in ("build", "export"):
-                if stage not in steps:
-                    continue
+            if "build" in steps:
                 stage_started = time.monotonic()
+                progress.line("build: models and data tests")
                 try:
-                    if stage == "build":
-                        progress.line("build: models and data tests")
-                        runner = Runner(con, project, run_id, log=progress.line)
-                        result = runner.build_and_publish()
-                        summary.built, summary.skipped = result.built, result.skipped
-                        summary.run_id = summary.run_id or result.input_run_id
-                    else:
-                        summary.metadata = export_mod.export(con, project, Path(settings.output))
-                        summary.output = str(settings.output)
+                    result = Runner(con, project, run_id, log=progress.line).build_and_publish()
                 except BaseException as exc:
                     if run_id is not None:
-                        _fail_run(con, run_id, stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                        _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
-                summary.stage_seconds[stage] = time.monotonic() - stage_started
+                summary.built, summary.skipped = result.built, result.skipped
+                summary.run_id = summary.run_id or result.input_run_id
+                summary.stage_seconds["build"] = time.monotonic() - stage_started
+            # The export reads the published models on its own cursor while this connection
+            # checkpoints the build into the file (DuckDB writing and compressing it): on two
+            # cores the two overlap, where one after the other they added up.
+            exporter = None
             if "export" in steps:
+                output = Path(settings.output)
+                exporter = _CursorJob(con, "export", lambda cursor: export_mod.export(cursor, project, output))
+            try:
+                try:
+                    con.execute("checkpoint")
+                except duckdb.Error:
+                    if exporter is None:
+                        raise
+                    exporter.join()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                    con.execute("checkpoint")
+            except BaseException:
+                if exporter is not None:
+                    exporter.stop()
+                raise
+            if exporter is not None:
+                exporter.join()
+                if exporter.error is not None:
+                    exc = exporter.error
+                    if run_id is not None:
+                        _fail_run(con, run_id, "export", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                    raise exc
+                summary.metadata, summary.output = exporter.result, str(settings.output)
+                summary.stage_seconds["export"] = exporter.seconds
                 crash_point("after-export")
             if run_id is not None:
                 final_status = "succeeded" if "build" in steps else "extracted"
@@ -296,22 +340,15 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     """,
                     [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
                 )
-            docs = _DocsWriter(con, project, settings, summary) if "build" in steps and settings.docs else None
-            try:
-                # the checkpoint (DuckDB writing the build to the file) and the data docs
-                # (queries, then Python rendering) overlap: on 2 cores that hides most of the docs
-                con.execute("checkpoint")
-            except duckdb.Error:
-                if docs is None:
-                    raise
-                docs.join()  # a DuckDB that will not checkpoint beside a reader: one after the other
-                con.execute("checkpoint")
-            finally:
-                if docs is not None:
-                    docs.join()
+            if "build" in steps and settings.docs:
+                # after the run's final status, so the page shows it
+                summary.docs = _write_docs_quietly(con, project, settings, summary)
         finally:
             con.close()
     finally:
+        if client is not None:
+            client.cancel()  # a failure before the extraction used page 1: stop fetching it
+            client.close()
         lock.release()
     summary.status = "succeeded"
     summary.seconds = time.monotonic() - started
@@ -322,32 +359,41 @@ def docs_path(settings: Settings) -> Path:
     return Path(settings.docs_output) if settings.docs_output else Path(settings.warehouse).parent / "docs" / "index.html"
 
 
-class _DocsWriter(threading.Thread):
-    """Writes the data docs on its own cursor, beside the main connection's checkpoint."""
+class _CursorJob(threading.Thread):
+    """``work(cursor)`` on its own cursor of ``con``, in a thread: ``result``, ``error``, ``seconds``."""
 
-    def __init__(self, con, project, settings: Settings, summary: RunSummary):
-        super().__init__(name="docs", daemon=True)
+    def __init__(self, con, name: str, work):
+        super().__init__(name=name, daemon=True)
         self.cursor = con.cursor()
         self.cursor.execute("set TimeZone = 'UTC'")  # a cursor does not inherit the connection's settings
-        self.project, self.settings, self.summary = project, settings, summary
+        self.work = work
+        self.result = self.error = None
+        self.seconds = 0.0
         self.start()
 
     def run(self) -> None:
+        started = time.monotonic()
         try:
-            self.summary.docs = _write_docs_quietly(self.cursor, self.project, self.settings, self.summary)
+            self.result = self.work(self.cursor)
+        except BaseException as exc:  # handed to the main thread by join()
+            self.error = exc
         finally:
+            self.seconds = time.monotonic() - started
             self.cursor.close()
 
     def join(self, timeout=None) -> None:
-        """Wait for the page; interrupted (Ctrl-C), stop its query first, so the connection can close."""
+        """Wait for the work; interrupted (Ctrl-C), stop its query first, so the connection can close."""
         try:
             while self.is_alive():
                 super().join(0.1)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.cursor.interrupt()
-            super().join()
+            self.stop()
             raise
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cursor.interrupt()
+        super().join()
 
 
 def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
