@@ -7,7 +7,6 @@ raw, and touches neither the published models nor the last export.
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import contextlib
 import logging
 import threading
@@ -244,16 +243,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     if "export" in steps:
         export_mod.check_output_path(Path(settings.output))
     progress = progress or Progress(quiet=settings.quiet)
-    project = None
-    if "build" in steps or "export" in steps:
-        # The SQL project (every model rendered with Jinja) loads in a thread while the
-        # warehouse opens. It is checked before anything is written or fetched (and before
-        # a new warehouse file is created), so a broken model still touches nothing.
-        loading = futures.ThreadPoolExecutor(1, thread_name_prefix="project")
-        project = loading.submit(Project, settings.sql_dir)
-        loading.shutdown(wait=False)
-        if not Path(settings.warehouse).exists():
-            project = project.result()
+    project = Project(settings.sql_dir) if ("build" in steps or "export" in steps) else None
     started = time.monotonic()
     summary = RunSummary(run_id=None, status="running")
     lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
@@ -263,10 +253,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
         con = connect(settings.warehouse_config)
         try:
-            if isinstance(project, futures.Future):
-                project = project.result()
-            # the warehouse opens and the SQL project loads: nothing stops the run before the
-            # extraction any more, so page 1 can be on its way while the run is set up
+            # the warehouse opened and the SQL project loaded: nothing stops the run before
+            # the extraction any more, so page 1 can be on its way while the run is set up
             if "extract" in steps:
                 client = _client(settings)
                 if not settings.resume:  # a resumed run may have page 1 already
