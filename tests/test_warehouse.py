@@ -42,6 +42,28 @@ def copy_sql(tmp_path: Path) -> Path:
 # -- write-audit-publish -------------------------------------------------------------------------
 
 
+def test_a_failing_export_query_fails_the_run_at_export_and_keeps_the_last_document(tmp_path, api):
+    # the export runs on its own cursor while the build is checkpointed: its error still
+    # reaches the user as one line, marks the run failed at 'export' and leaves the old file
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    export_before = (tmp_path / "out.json").read_bytes()
+    sql = copy_sql(tmp_path)
+    query = sql / "export" / "customers.sql"
+    query.write_text(query.read_text() + "\nlimit (select no_such_column from {{ ref('dim_customers') }} limit 1)\n")
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "export query failed" in errors[0] and "no_such_column" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out.json").read_bytes() == export_before
+    assert [p.name for p in tmp_path.glob(".out.json.*")] == []
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select status, failed_stage from raw.runs where run_id = 2") == [("failed", "export")]
+    con.close()
+
+
 def test_a_failing_data_test_publishes_nothing(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"
