@@ -13,8 +13,8 @@ It holds three rules at once, so the pool behaves as one polite client:
   ``recover_after`` requests;
 - **rate**: with ``max_requests`` per ``window`` seconds, a sliding log of send times
   guarantees no window of that length ever holds more than ``max_requests`` sends
-  (retries included). The log counts a little more than the window (1 s a minute), since
-  the server counts arrivals, which network jitter can bring closer together than sends.
+  (retries included). The log counts a little more than the window (1 s a minute, at least
+  0.1 s), since the server counts arrivals, which jitter can bring closer together than sends.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class Throttle:
         self.calm_until = 0.0
         self.min_event_gap = 0.25
         self.successes = 0
-        self.margin = window / 60.0
+        # a request can reach the server later than the throttle let it go (thread scheduling,
+        # a busy machine): never less than 0.1 s of margin, however short the window
+        self.margin = max(window / 60.0, 0.1)
         self.ceiling: int | None = None  # the limit a 429 last came at
         self.probe_factor = 5
         self.sent: collections.deque[float] = collections.deque()
