@@ -221,13 +221,14 @@ class ApiClient:
             self.throttle.cancel()
 
     def _sleep(self, seconds: float) -> None:
-        """tenacity's sleep between attempts, cut short by ``cancel()``."""
+        """tenacity's sleep between attempts, cut short by ``cancel()``; counts the retry that follows."""
         if self.sleep is time.sleep:
             self._stopping.wait(seconds)
         else:
             self.sleep(seconds)  # tests pass their own clock
         if self._stopping.is_set():
             raise Cancelled("the run is stopping: retry not attempted")
+        self.stats.add(retries=1)
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -332,7 +333,6 @@ class ApiClient:
             stop=tenacity.stop_after_attempt(self.policy.attempts),
             wait=self._wait,
             sleep=self._sleep,
-            before_sleep=lambda state: self.stats.add(retries=1),
             reraise=True,
         )
         try:

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures as futures
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -145,13 +146,21 @@ def prefetch_first_page(client: ApiClient) -> futures.Future:
 
     Page 1 says how many pages there are, so nothing else can start before it; asking for
     it first overlaps its round trip with the warehouse's start-up. If the run stops before
-    using it, ``client.cancel()`` ends its retries.
+    using it, ``client.cancel()`` ends its retries; the thread is a daemon, so a request
+    still on the wire never holds up the process's exit.
     """
-    executor = futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-first")
-    try:
-        return executor.submit(client.get_page, 1)
-    finally:
-        executor.shutdown(wait=False)
+    future: futures.Future = futures.Future()
+
+    def fetch() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(client.get_page(1))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=fetch, name="fetch-first", daemon=True).start()
+    return future
 
 
 def _extract_sequential(client, lander, result, already, first_records, progress) -> None:

@@ -204,6 +204,7 @@ def test_a_failing_page_stops_the_other_workers_backoff_at_once(con):
     client.close()
     assert elapsed < 5, elapsed
     assert page_2_requests == 1  # its retry was never sent
+    assert client.stats.retries == 0  # ... nor counted
     assert [page for page, _ in landed(con)] == [1, 4, 5]  # what arrived is kept for --resume
 
 

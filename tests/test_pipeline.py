@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from conftest import FAST_RETRY, dicts, error_lines, run_cli, settings
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError, UsageError
 from pipeline import run_pipeline
+from transform import export as export_mod
 from transform import orchestrate
 
 CONTRACT_KEYS = [
@@ -336,3 +339,31 @@ def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
     assert result.returncode == 1
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and "api.invalid cannot be reached from here" in errors[0] and "--demo" in errors[0]
+
+
+def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
+    # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
+    # run failed at 'export', wait for the export thread, and keep the last document
+    real_export = export_mod.export
+    exporting = threading.Event()
+
+    def slow_export(con, project, output, stopping=None):
+        exporting.set()
+        time.sleep(1.0)  # stands for a long COPY
+        return real_export(con, project, output, stopping)
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        before = (tmp_path / "out.json").read_bytes()
+        monkeypatch.setattr(export_mod, "export", slow_export)
+        threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert [t.name for t in threading.enumerate() if t.name == "export"] == []  # ended before run() returned
+    time.sleep(1.5)  # had it run on, the thread would have written the document by now
+    assert (tmp_path / "out.json").read_bytes() == before
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
+    con.close()
+    assert run == ("failed", "export", "KeyboardInterrupt")

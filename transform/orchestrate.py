@@ -253,8 +253,9 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
         con = connect(settings.warehouse_config)
         try:
-            # the warehouse opened and the SQL project loaded: nothing stops the run before
-            # the extraction any more, so page 1 can be on its way while the run is set up
+            # the warehouse opened and the SQL project loaded, the two checks that stop a run
+            # before it fetches: page 1 can be on its way while the run is set up (should a
+            # later step still fail, the client is cancelled and that one request abandoned)
             if "extract" in steps:
                 client = _client(settings)
                 if not settings.resume:  # a resumed run may have page 1 already
@@ -296,7 +297,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             exporter = None
             if "export" in steps:
                 output = Path(settings.output)
-                exporter = _CursorJob(con, "export", lambda cursor: export_mod.export(cursor, project, output))
+                exporter = _CursorJob(con, "export",
+                                      lambda cursor, stopping: export_mod.export(cursor, project, output, stopping))
             try:
                 try:
                     con.execute("checkpoint")
@@ -305,17 +307,18 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                         raise
                     exporter.join()  # a DuckDB that will not checkpoint beside a reader: one after the other
                     con.execute("checkpoint")
-            except BaseException:
+                if exporter is not None:
+                    exporter.join()
+                    if exporter.error is not None:
+                        raise exporter.error
+            except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
                 if exporter is not None:
                     exporter.stop()
+                if run_id is not None:
+                    stage = "export" if exporter is not None else "checkpoint"
+                    _fail_run(con, run_id, stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
                 raise
             if exporter is not None:
-                exporter.join()
-                if exporter.error is not None:
-                    exc = exporter.error
-                    if run_id is not None:
-                        _fail_run(con, run_id, "export", redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                    raise exc
                 summary.metadata, summary.output = exporter.result, str(settings.output)
                 summary.stage_seconds["export"] = exporter.seconds
                 crash_point("after-export")
@@ -348,7 +351,14 @@ def docs_path(settings: Settings) -> Path:
 
 
 class _CursorJob(threading.Thread):
-    """``work(cursor)`` on its own cursor of ``con``, in a thread: ``result``, ``error``, ``seconds``."""
+    """``work(cursor, stopping)`` on its own cursor of ``con``, in a thread: ``result``, ``error``,
+    ``seconds``. ``stopping`` is an Event that ``stop()`` sets, for the work to give up at its
+    next safe point (its running query is interrupted too).
+
+    ``done`` is set when the work has ended and its cursor is closed. The waits below use it
+    rather than ``Thread.join``, which a Ctrl-C landing inside it can leave believing a
+    still-running thread has finished (CPython 3.11).
+    """
 
     def __init__(self, con, name: str, work):
         super().__init__(name=name, daemon=True)
@@ -357,31 +367,36 @@ class _CursorJob(threading.Thread):
         self.work = work
         self.result = self.error = None
         self.seconds = 0.0
+        self.stopping = threading.Event()
+        self.done = threading.Event()
         self.start()
 
     def run(self) -> None:
         started = time.monotonic()
         try:
-            self.result = self.work(self.cursor)
+            self.result = self.work(self.cursor, self.stopping)
         except BaseException as exc:  # handed to the main thread by join()
             self.error = exc
         finally:
             self.seconds = time.monotonic() - started
             self.cursor.close()
+            self.done.set()
 
     def join(self, timeout=None) -> None:
-        """Wait for the work; interrupted (Ctrl-C), stop its query first, so the connection can close."""
+        """Wait for the work; interrupted (Ctrl-C), stop it first, so the connection can close."""
         try:
-            while self.is_alive():
-                super().join(0.1)
+            while not self.done.wait(0.1):
+                pass
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
+        """Stop the work and wait until it has ended: nothing runs on after the caller returns."""
+        self.stopping.set()
         with contextlib.suppress(Exception):
             self.cursor.interrupt()
-        super().join()
+        self.done.wait()
 
 
 def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
