@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from extract.client import ApiClient, ClientStats, RetryPolicy
+from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
 from extract.errors import PipelineError, UsageError
 from extract.fetch import extract_run, prefetch_first_page
@@ -185,8 +185,7 @@ def _fail_run(con, run_id: int, stage: str, error: str) -> None:
 def _client(settings: Settings) -> ApiClient:
     throttle = Throttle(settings.concurrency, max_requests=settings.max_requests_per_minute,
                         window=settings.rate_window)
-    return ApiClient(settings.base_url, settings.per_page, settings.api_key, settings.retry, throttle,
-                     stats=ClientStats())
+    return ApiClient(settings.base_url, settings.per_page, settings.api_key, settings.retry, throttle)
 
 
 def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: RunSummary,
@@ -305,10 +304,10 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 except duckdb.Error:
                     if exporter is None:
                         raise
-                    exporter.join()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                    exporter.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
                     con.execute("checkpoint")
                 if exporter is not None:
-                    exporter.join()
+                    exporter.wait()
                     if exporter.error is not None:
                         raise exporter.error
             except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
@@ -375,14 +374,14 @@ class _CursorJob(threading.Thread):
         started = time.monotonic()
         try:
             self.result = self.work(self.cursor, self.stopping)
-        except BaseException as exc:  # handed to the main thread by join()
+        except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         finally:
             self.seconds = time.monotonic() - started
             self.cursor.close()
             self.done.set()
 
-    def join(self, timeout=None) -> None:
+    def wait(self) -> None:
         """Wait for the work; interrupted (Ctrl-C), stop it first, so the connection can close."""
         try:
             while not self.done.wait(0.1):
