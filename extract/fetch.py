@@ -65,8 +65,9 @@ class Lander:
     """Buffers fetched pages and lands them in bulk: every ``batch`` pages or ``seconds``."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, run_id: int, result: ExtractResult,
-                 batch: int = 200, seconds: float = 0.1):
+                 batch: int = 200, seconds: float = 0.1, on_landed=None):
         self.con, self.run_id, self.result = con, run_id, result
+        self.on_landed = on_landed  # called with the page numbers of each batch once it is committed
         self.batch, self.seconds = batch, seconds
         self.buffer: list[Page] = []
         self.last_flush = time.monotonic()
@@ -79,6 +80,8 @@ class Lander:
     def flush(self) -> None:
         if self.buffer:
             land_pages(self.con, self.run_id, self.buffer)
+            if self.on_landed is not None:
+                self.on_landed([page.page for page in self.buffer])
             self.result.pages_landed += len(self.buffer)
             self.result.records_landed += sum(len(p.records) for p in self.buffer)
             self.buffer = []
@@ -94,17 +97,19 @@ def extract_run(
     concurrency: int,
     progress=None,
     first_page: futures.Future | None = None,
+    on_landed=None,
 ) -> ExtractResult:
     """Fetch every page of the source into ``raw.api_pages`` for ``run_id``.
 
     Pages this run already landed (a resumed run) are not fetched again. ``first_page``:
     page 1 already requested (``prefetch_first_page``), for a run that lands nothing yet.
+    ``on_landed(pages)``: told the page numbers of each batch once it is committed.
     """
     result = ExtractResult()
     already = landed_pages(con, run_id)
     result.pages_landed = len(already)
     result.records_landed = sum(already.values())
-    lander = Lander(con, run_id, result)
+    lander = Lander(con, run_id, result, on_landed=on_landed)
 
     first_body = landed_first_page(con, run_id)
     if first_body is not None:

@@ -342,15 +342,14 @@ def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
 
 
 def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
-    # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
-    # run failed at 'export', wait for the export thread, and keep the last document
+    # Ctrl-C during the export marks the run failed at 'export' and keeps the last document
     real_export = export_mod.export
     exporting = threading.Event()
 
-    def slow_export(con, project, output, stopping=None):
+    def slow_export(con, project, output):
         exporting.set()
         time.sleep(1.0)  # stands for a long COPY
-        return real_export(con, project, output, stopping)
+        return real_export(con, project, output)
 
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
@@ -360,10 +359,33 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_runnin
                          daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             orchestrate.run(settings(tmp_path, api.base_url))
-    assert [t.name for t in threading.enumerate() if t.name == "export"] == []  # ended before run() returned
-    time.sleep(1.5)  # had it run on, the thread would have written the document by now
+    time.sleep(1.5)  # had anything run on, it would have written the document by now
     assert (tmp_path / "out.json").read_bytes() == before
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
     run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
     con.close()
     assert run == ("failed", "export", "KeyboardInterrupt")
+
+
+def test_ctrl_c_while_the_docs_are_written_leaves_the_run_published_and_nothing_running(tmp_path, monkeypatch):
+    # the docs page is read on its own cursor while the checkpoint runs, after the run's final
+    # status: Ctrl-C there stops it and waits for it, and the run stays succeeded (it is published)
+    real_docs = orchestrate._write_docs_quietly
+    writing = threading.Event()
+
+    def slow_docs(con, project, settings_, summary):
+        writing.set()
+        time.sleep(1.0)  # stands for a long page
+        return real_docs(con, project, settings_, summary)
+
+    monkeypatch.setattr(orchestrate, "_write_docs_quietly", slow_docs)
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        threading.Thread(target=lambda: (writing.wait(20), time.sleep(0.3), _thread.interrupt_main()),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert [t.name for t in threading.enumerate() if t.name == "docs"] == []  # ended before run() returned
+    assert read_export(tmp_path / "out.json")["metadata"]["total_customers"] == 30
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert con.execute("select status from raw.runs where run_id = 1").fetchall() == [("succeeded",)]
+    con.close()

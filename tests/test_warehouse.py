@@ -43,8 +43,8 @@ def copy_sql(tmp_path: Path) -> Path:
 
 
 def test_a_failing_export_query_fails_the_run_at_export_and_keeps_the_last_document(tmp_path, api):
-    # the export runs on its own cursor while the build is checkpointed: its error still
-    # reaches the user as one line, marks the run failed at 'export' and leaves the old file
+    # the export's error reaches the user as one line, marks the run failed at 'export' and
+    # leaves the old file
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"
     export_before = (tmp_path / "out.json").read_bytes()

@@ -26,6 +26,7 @@ from extract.redact import redact, strip_userinfo
 from extract.throttle import Throttle
 
 from . import export as export_mod
+from .incremental import PageStager
 from .project import Project
 from .runner import Runner
 from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, utcnow
@@ -189,11 +190,12 @@ def _client(settings: Settings) -> ApiClient:
 
 
 def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: RunSummary,
-             client: ApiClient, first_page=None) -> None:
+             client: ApiClient, first_page=None, on_landed=None) -> None:
     stats = client.stats
     progress.stats = stats
     try:
-        result = extract_run(con, run_id, client, settings.concurrency, progress, first_page=first_page)
+        result = extract_run(con, run_id, client, settings.concurrency, progress, first_page=first_page,
+                             on_landed=on_landed)
     finally:
         client.close()
         progress.done()
@@ -246,7 +248,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     started = time.monotonic()
     summary = RunSummary(run_id=None, status="running")
     lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
-    client = first_page = None
+    client = first_page = stager = None
     try:
         if lock.stale_holder:
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
@@ -269,8 +271,11 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     f"run {run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}"
                 )
                 stage_started = time.monotonic()
+                if "build" in steps:  # staging models that go page by page are built as pages land
+                    stager = PageStager(con, project, run_id)
                 try:
-                    _extract(con, run_id, settings, progress, summary, client, first_page)
+                    _extract(con, run_id, settings, progress, summary, client, first_page,
+                             on_landed=stager.landed if stager is not None else None)
                 except BaseException as exc:
                     _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
@@ -282,7 +287,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 stage_started = time.monotonic()
                 progress.line("build: models and data tests")
                 try:
-                    result = Runner(con, project, run_id, log=progress.line).build_and_publish()
+                    result = Runner(con, project, run_id, log=progress.line,
+                                    staged=stager.finish if stager is not None else None).build_and_publish()
                 except BaseException as exc:
                     if run_id is not None:
                         _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)
@@ -290,36 +296,16 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 summary.built, summary.skipped = result.built, result.skipped
                 summary.run_id = summary.run_id or result.input_run_id
                 summary.stage_seconds["build"] = time.monotonic() - stage_started
-            # The export reads the published models on its own cursor while this connection
-            # checkpoints the build into the file (DuckDB writing and compressing it): on two
-            # cores the two overlap, where one after the other they added up.
-            exporter = None
             if "export" in steps:
-                output = Path(settings.output)
-                exporter = _CursorJob(con, "export",
-                                      lambda cursor, stopping: export_mod.export(cursor, project, output, stopping))
-            try:
+                stage_started = time.monotonic()
                 try:
-                    con.execute("checkpoint")
-                except duckdb.Error:
-                    if exporter is None:
-                        raise
-                    exporter.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
-                    con.execute("checkpoint")
-                if exporter is not None:
-                    exporter.wait()
-                    if exporter.error is not None:
-                        raise exporter.error
-            except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
-                if exporter is not None:
-                    exporter.stop()
-                if run_id is not None:
-                    stage = "export" if exporter is not None else "checkpoint"
-                    _fail_run(con, run_id, stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                raise
-            if exporter is not None:
-                summary.metadata, summary.output = exporter.result, str(settings.output)
-                summary.stage_seconds["export"] = exporter.seconds
+                    summary.metadata = export_mod.export(con, project, Path(settings.output))
+                except BaseException as exc:  # the export failed, or Ctrl-C: the last document stays
+                    if run_id is not None:
+                        _fail_run(con, run_id, "export", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                    raise
+                summary.output = str(settings.output)
+                summary.stage_seconds["export"] = time.monotonic() - stage_started
                 crash_point("after-export")
             if run_id is not None:
                 final_status = "succeeded" if "build" in steps else "extracted"
@@ -330,10 +316,34 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     """,
                     [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
                 )
+            # The checkpoint writes the run into the file (DuckDB compressing the new tables)
+            # while the docs page, which shows the run's final status, is read on a cursor of
+            # its own: on two cores the two overlap, where one after the other they added up,
+            # and nothing is left in the WAL for close() to checkpoint again.
+            docs = None
             if "build" in steps and settings.docs:
-                # after the run's final status, so the page shows it
-                summary.docs = _write_docs_quietly(con, project, settings, summary)
+                docs = _CursorJob(con, "docs",
+                                  lambda cursor, stopping: _write_docs_quietly(cursor, project, settings, summary))
+            try:
+                try:
+                    con.execute("checkpoint")
+                except duckdb.Error:
+                    if docs is None:
+                        raise
+                    docs.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                    con.execute("checkpoint")
+                if docs is not None:
+                    docs.wait()
+                    summary.docs = docs.result
+            except BaseException as exc:  # the checkpoint failed, or Ctrl-C: what is committed stays
+                if docs is not None:
+                    docs.stop()
+                if run_id is not None and isinstance(exc, duckdb.Error):
+                    _fail_run(con, run_id, "checkpoint", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                raise
         finally:
+            if stager is not None:
+                stager.close()
             con.close()
     finally:
         if client is not None:

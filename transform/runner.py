@@ -16,6 +16,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import duckdb
 
@@ -104,11 +105,18 @@ def _error_line(project: Project, model_path, exc: Exception) -> str:
 
 
 class Runner:
-    def __init__(self, con: duckdb.DuckDBPyConnection, project: Project, run_id: int | None, log=print):
+    def __init__(self, con: duckdb.DuckDBPyConnection, project: Project, run_id: int | None, log=print,
+                 staged: Callable[[], dict[str, str]] | None = None):
         self.con = con
         self.project = project
         self.run_id = run_id
         self.log = log
+        # returns model name -> a table that already holds the model's rows for run_id, staged
+        # while its pages landed (transform.incremental.PageStager.finish), published by renaming
+        # it. Asked just before the build's transaction begins (its last batch overlaps the
+        # change detection), never inside it: the transaction would not see what the stager
+        # commits after its start.
+        self._staged = staged
 
     def _source_states(self) -> dict:
         """The latest extracted run and content hashes of the raw pages models read, in one query."""
@@ -147,6 +155,7 @@ class Runner:
         results: list[ModelResult] = []
         tests: list[TestResult] = []
         building: str | None = None  # the model being built, named as failed if its build raises
+        staged = self._staged() if self._staged is not None and input_run == self.run_id else {}
         self.con.execute("begin transaction")
         try:
             for model in self.project.order:
@@ -156,12 +165,14 @@ class Runner:
                     self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
                 building = model.name
-                results.append(self._build(model, kinds.get((model.schema, model.name))))
+                results.append(self._build(model, kinds.get((model.schema, model.name)), staged.get(model.name)))
                 building = None
                 crash_point("mid-build")
                 built = results[-1]
                 rows = "" if built.rows is None else f", {built.rows:,} rows"
-                self.log(f"  {model.relation}: built {model.materialized} (version {model.version}{rows}, {built.seconds:.2f}s)")
+                how = ", staged while its pages landed" if model.name in staged else ""
+                self.log(f"  {model.relation}: built {model.materialized} "
+                         f"(version {model.version}{rows}, {built.seconds:.2f}s{how})")
             tests = self.run_tests()
             failing = [t for t in tests if t.status != "pass"]
             if failing:
@@ -177,9 +188,16 @@ class Runner:
             raise
         return BuildResult(results, tests, input_run)
 
-    def _build(self, model: Model, existing: str | None) -> ModelResult:
+    def _build(self, model: Model, existing: str | None, staged: str | None = None) -> ModelResult:
         started = time.perf_counter()
         try:
+            if staged is not None:  # the rows are there already: the staged table takes the model's name
+                if existing:
+                    self.con.execute(f"drop {existing} {model.relation}")
+                self.con.execute(f"alter table {staged} rename to {model.name}")
+                rows = self.con.execute(f"select count(*) from {model.relation}").fetchone()[0]
+                return ModelResult(model.name, model.relation, model.version, "built", rows,
+                                   time.perf_counter() - started)
             if existing and existing != model.materialized:
                 self.con.execute(f"drop {existing} {model.relation}")
             created = self.con.execute(f"create or replace {model.materialized} {model.relation} as {model.sql}")

@@ -2,6 +2,7 @@
 -- grain: one row per received record (page, position_in_page) of the latest run whose extraction completed; records without a usable id are kept (is_keyed = false)
 -- materialized: table
 -- inputs: latest_run
+-- incremental: by_page
 -- column page: API page the record was received on.
 -- column position_in_page: 1-based position of the record within its page.
 -- column customer_id: The API's id as an integer; NULL when missing or not an integer ("7" casts, "abc" does not).
