@@ -116,8 +116,7 @@ def extract_run(
         first = json.loads(first_body)
     else:
         page1 = first_page.result() if first_page is not None else client.get_page(1)
-        lander.add(page1)
-        lander.flush()
+        lander.add(page1)  # landed with the next batch: the other pages are asked for first
         first = page1.payload
         already[1] = len(page1.records)
 
@@ -131,6 +130,7 @@ def extract_run(
         if total_pages and total_pages > 1:
             result.warn(f"page 1 is empty although the API reports {total_pages} pages; stopping there")
         result.pages_expected = 1
+        lander.flush()
         return result
 
     if total_pages is None:

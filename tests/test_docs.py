@@ -343,3 +343,24 @@ def test_page_loads_in_headless_chromium_without_console_errors(site, tmp_path):
     nodes = [e for e in dom.find("g", "node") if e.inside("svg", "lineage-graph")]
     assert len(nodes) == len(Project(SQL_DIR).models) + 2
     assert len(dom.find("rect", "bar")) == 11
+
+
+def test_the_page_a_run_writes_is_the_page_its_warehouse_renders_afterwards(tmp_path):
+    # a run renders its page beside the checkpoint, before its final status is written, showing
+    # that status as it will be; read back from the finished warehouse, the page is the same
+    with DemoAPI(dataset="demo", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        orchestrate.run(settings(tmp_path, api.base_url))
+    written = (tmp_path / "warehouse" / "docs" / "index.html").read_text(encoding="utf-8")
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    try:
+        rendered = render_docs(con, Project(SQL_DIR))
+        finished = con.execute("select status, customers_exported from raw.runs where run_id = 2").fetchone()
+    finally:
+        con.close()
+    assert finished == ("succeeded", 270)
+
+    def without_generation_time(text: str) -> str:
+        return re.sub(r"Generated [0-9: -]+ UTC", "Generated", text)
+
+    assert without_generation_time(written) == without_generation_time(rendered)

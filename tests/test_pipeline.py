@@ -342,14 +342,15 @@ def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
 
 
 def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
-    # Ctrl-C during the export marks the run failed at 'export' and keeps the last document
+    # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
+    # run failed at 'export', wait for the export thread, and keep the last document
     real_export = export_mod.export
     exporting = threading.Event()
 
-    def slow_export(con, project, output):
+    def slow_export(con, project, output, stopping=None):
         exporting.set()
         time.sleep(1.0)  # stands for a long COPY
-        return real_export(con, project, output)
+        return real_export(con, project, output, stopping)
 
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
@@ -359,7 +360,8 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_runnin
                          daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             orchestrate.run(settings(tmp_path, api.base_url))
-    time.sleep(1.5)  # had anything run on, it would have written the document by now
+    assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
+    time.sleep(1.5)  # had it run on, the thread would have written the document by now
     assert (tmp_path / "out.json").read_bytes() == before
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
     run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
@@ -367,25 +369,31 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_runnin
     assert run == ("failed", "export", "KeyboardInterrupt")
 
 
-def test_ctrl_c_while_the_docs_are_written_leaves_the_run_published_and_nothing_running(tmp_path, monkeypatch):
-    # the docs page is read on its own cursor while the checkpoint runs, after the run's final
-    # status: Ctrl-C there stops it and waits for it, and the run stays succeeded (it is published)
-    real_docs = orchestrate._write_docs_quietly
+def test_ctrl_c_while_the_docs_are_rendered_records_the_run_as_succeeded_and_leaves_nothing_running(
+        tmp_path, monkeypatch):
+    # the docs page is rendered on its own cursor, after the export, while the checkpoint runs:
+    # Ctrl-C there stops it and waits for it; the run is published and exported, so it is
+    # recorded as succeeded, and no page is written
+    from transform import docs as docs_mod
+
+    real_render = docs_mod.render_docs
     writing = threading.Event()
 
-    def slow_docs(con, project, settings_, summary):
+    def slow_render(con, project, pending_run=None):
         writing.set()
         time.sleep(1.0)  # stands for a long page
-        return real_docs(con, project, settings_, summary)
+        return real_render(con, project, pending_run)
 
-    monkeypatch.setattr(orchestrate, "_write_docs_quietly", slow_docs)
+    monkeypatch.setattr(docs_mod, "render_docs", slow_render)
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         threading.Thread(target=lambda: (writing.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             orchestrate.run(settings(tmp_path, api.base_url))
-    assert [t.name for t in threading.enumerate() if t.name == "docs"] == []  # ended before run() returned
+    assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
     assert read_export(tmp_path / "out.json")["metadata"]["total_customers"] == 30
+    assert not (tmp_path / "warehouse" / "docs" / "index.html").exists()
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
-    assert con.execute("select status from raw.runs where run_id = 1").fetchall() == [("succeeded",)]
+    assert con.execute("select status, customers_exported from raw.runs where run_id = 1").fetchall() \
+        == [("succeeded", 30)]
     con.close()

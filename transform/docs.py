@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .project import LAYERS, Project
+from .warehouse import sql_literal
 
-__all__ = ["render_docs", "write_docs", "DEFAULT_OUTPUT", "default_output"]
+__all__ = ["render_docs", "write_docs", "write_page", "DEFAULT_OUTPUT", "default_output"]
 
 DEFAULT_OUTPUT = Path("warehouse/docs/index.html")
 RUNS_SHOWN = 20
@@ -121,9 +122,29 @@ def _relations(con) -> set[str]:
     return {r[0] for r in rows}
 
 
-def _read(con, project: Project) -> _Warehouse:
+def _runs(pending_run: dict | None) -> str:
+    """``raw.runs``, or with the final status a run is about to record laid over its row
+    (``pending_run``: run_id, status, finished_at, customers_exported, export_path)."""
+    if not pending_run:
+        return "raw.runs"
+    run_id = int(pending_run["run_id"])
+    exported = pending_run.get("customers_exported")
+    path = pending_run.get("export_path")
+    values = {
+        "status": sql_literal(str(pending_run["status"])),
+        "finished_at": f"{sql_literal(pending_run['finished_at'].isoformat())}::timestamptz",
+        "customers_exported": str(int(exported)) if exported is not None else "null",
+        "export_path": sql_literal(str(path)) if path is not None else "null",
+    }
+    replaced = ", ".join(f"case when run_id = {run_id} then {value} else {column} end as {column}"
+                         for column, value in values.items())
+    return f"(select * replace ({replaced}) from raw.runs)"
+
+
+def _read(con, project: Project, pending_run: dict | None = None) -> _Warehouse:
     w = _Warehouse(relations=_relations(con))
     has = w.relations.__contains__
+    runs = _runs(pending_run)
     w.info = _rows(
         con,
         f"""
@@ -170,7 +191,7 @@ def _read(con, project: Project) -> _Warehouse:
                    {"r.status" if runs_join else "null"} as run_status,
                    {"r.failed_stage" if runs_join else "null"} as run_failed_stage
             from meta.test_results as t
-            {"left join raw.runs as r on r.run_id = t.run_id" if runs_join else ""}
+            {f"left join {runs} as r on r.run_id = t.run_id" if runs_join else ""}
             qualify row_number() over (partition by t.test order by t.tested_at desc) = 1
             """,
         ):
@@ -218,7 +239,7 @@ def _read(con, project: Project) -> _Warehouse:
                    failed_stage, error, source_url, per_page, concurrency, resumes,
                    pages_expected, pages_landed, records_landed, reported_total,
                    requests, retries, throttled, customers_exported
-            from raw.runs
+            from {runs}
             order by run_id desc
             limit {RUNS_SHOWN}
             """,
@@ -999,9 +1020,14 @@ def _models_section(project: Project, w: _Warehouse, targets: dict[str, set[str]
     return "".join(parts)
 
 
-def render_docs(con, project: Project) -> str:
-    """The data docs page for the warehouse behind ``con``, as one self-contained HTML text."""
-    w = _read(con, project)
+def render_docs(con, project: Project, pending_run: dict | None = None) -> str:
+    """The data docs page for the warehouse behind ``con``, as one self-contained HTML text.
+
+    ``pending_run``: the final status a run is about to record (run_id, status, finished_at,
+    customers_exported, export_path), shown as if recorded: a run renders its page while the
+    warehouse checkpoints, and puts it in place (``write_page``) once that status is committed.
+    """
+    w = _read(con, project, pending_run)
     targets = _test_targets(project)
     legend = "".join(
         f'<span><span class="swatch" style="background:{LAYER_FILL[k]};border:1px solid {LAYER_INK[k]}"></span>{k}</span>'
@@ -1051,8 +1077,12 @@ DuckDB {esc(w.info["duckdb_version"])} · {len(project.models)} models, {len(pro
 
 def write_docs(con, project: Project, output: Path) -> Path:
     """Render and write the page atomically (temp file beside it + ``os.replace``); returns the path."""
+    return write_page(render_docs(con, project), output)
+
+
+def write_page(text: str, output: Path) -> Path:
+    """Write a rendered page atomically (temp file beside it + ``os.replace``); returns the path."""
     output = Path(output)
-    text = render_docs(con, project)
     directory = output.parent if str(output.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)

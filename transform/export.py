@@ -54,8 +54,12 @@ def metadata(con: duckdb.DuckDBPyConnection, project: Project) -> dict:
     return dict(zip(names, row))
 
 
-def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> dict:
-    """Write the export atomically; returns its metadata."""
+def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopping=None) -> dict:
+    """Write the export atomically; returns its metadata.
+
+    ``stopping`` (a ``threading.Event``, optional): set by a caller that gives up on the
+    export (Ctrl-C); the document is then not put in place, and the last one stays.
+    """
     output = Path(output)
     check_output_path(output)
     if "customers" not in project.queries or "metadata" not in project.queries:
@@ -80,6 +84,8 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> di
             _assemble(tmp_name, prefix + key, array_path, b"\n}\n")
         os.chmod(tmp_name, _file_mode(output))  # mkstemp makes 0600; readers downstream need the usual mode
         crash_point("mid-export")
+        if stopping is not None and stopping.is_set():
+            raise ExportError("the export was stopped before it replaced the last document")
         os.replace(tmp_name, output)
         _fsync_dir(directory)
     except duckdb.Error as exc:

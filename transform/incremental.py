@@ -35,9 +35,10 @@ def landing_table(model: Model) -> str:
 class PageStager:
     """Stages one run's landed pages into the landing tables of the project's by_page models.
 
-    ``landed(pages)`` after each landing commit; ``finish()`` once the extraction is over (it
-    waits for the last batch and says which tables are complete); ``close()`` always, last:
-    it stops the thread and drops a landing table that the build did not publish.
+    ``landed(pages)`` after each landing commit; ``landed_all()`` when the extraction is over;
+    ``finish()`` before the build (it waits for the last batch and says which tables are
+    complete); ``close()`` always, last: it stops the thread and drops a landing table that
+    the build did not publish.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, project: Project, run_id: int):
@@ -77,6 +78,8 @@ class PageStager:
             self._stage(batch, create=True)
             while True:
                 with self._changed:
+                    # whatever landed while the last batch was staged: batches grow when DuckDB
+                    # is busy, and the last one is small when the extraction ends
                     while not self._pending and not self._closing:
                         self._changed.wait()
                     batch, self._pending = self._pending, []
@@ -104,14 +107,18 @@ class PageStager:
         self._staged.extend(pages)
         self.batches += 1
 
+    def landed_all(self) -> None:
+        """The extraction is over: the thread stages what is left, then ends."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+
     def finish(self) -> dict[str, str]:
         """After the extraction: stage the last pages, then the landing table of each model that
         holds every page the run landed, each once (model name -> table); {} if none does."""
         if not self.models:
             return {}
-        with self._changed:
-            self._closing = True
-            self._changed.notify()
+        self.landed_all()
         while not self._done.wait(0.1):  # not Thread.join: a Ctrl-C must be able to land here
             pass
         if self.error is not None:

@@ -193,31 +193,31 @@ def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: 
              client: ApiClient, first_page=None, on_landed=None) -> None:
     stats = client.stats
     progress.stats = stats
+    counts = "requests = coalesce(requests, 0) + $requests, retries = coalesce(retries, 0) + $retries, " \
+             "throttled = coalesce(throttled, 0) + $throttled"
     try:
         result = extract_run(con, run_id, client, settings.concurrency, progress, first_page=first_page,
                              on_landed=on_landed)
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # what the failed run asked of the API still counts
+            con.execute(f"update raw.runs set {counts} where run_id = $run",
+                        {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
+                         "run": run_id})
+        raise
     finally:
         client.close()
         progress.done()
-        con.execute(
-            """
-            update raw.runs
-            set requests = coalesce(requests, 0) + ?, retries = coalesce(retries, 0) + ?,
-                throttled = coalesce(throttled, 0) + ?
-            where run_id = ?
-            """,
-            [stats.requests, stats.retries, stats.throttled, run_id],
-        )
         summary.requests, summary.retries = stats.requests, stats.retries
     con.execute(
-        """
+        f"""
         update raw.runs
-        set extracted_at = $at, reported_total = $total, pages_expected = $expected,
+        set {counts}, extracted_at = $at, reported_total = $total, pages_expected = $expected,
             pages_landed = (select count(*) from raw.api_pages where run_id = $run),
             records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages where run_id = $run)
         where run_id = $run
         """,
-        {"at": utcnow(), "total": result.reported_total, "expected": result.pages_expected, "run": run_id},
+        {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
+         "at": utcnow(), "total": result.reported_total, "expected": result.pages_expected, "run": run_id},
     )
     summary.pages, summary.records = result.pages_landed, result.records_landed
     summary.warnings.extend(result.warnings)
@@ -279,6 +279,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 except BaseException as exc:
                     _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
+                if stager is not None:
+                    stager.landed_all()  # its last batch is staged while the run is marked extracted
                 summary.stage_seconds["extract"] = time.monotonic() - stage_started
                 crash_point("after-extract")
                 if settings.keep_runs:
@@ -296,51 +298,59 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 summary.built, summary.skipped = result.built, result.skipped
                 summary.run_id = summary.run_id or result.input_run_id
                 summary.stage_seconds["build"] = time.monotonic() - stage_started
-            if "export" in steps:
-                stage_started = time.monotonic()
-                try:
-                    summary.metadata = export_mod.export(con, project, Path(settings.output))
-                except BaseException as exc:  # the export failed, or Ctrl-C: the last document stays
-                    if run_id is not None:
-                        _fail_run(con, run_id, "export", redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                    raise
-                summary.output = str(settings.output)
-                summary.stage_seconds["export"] = time.monotonic() - stage_started
-                crash_point("after-export")
-            if run_id is not None:
-                final_status = "succeeded" if "build" in steps else "extracted"
-                con.execute(
-                    """
-                    update raw.runs set status = ?, finished_at = ?, customers_exported = ?, export_path = ?
-                    where run_id = ?
-                    """,
-                    [final_status, utcnow(), summary.metadata.get("total_customers"), summary.output, run_id],
-                )
-            # The checkpoint writes the run into the file (DuckDB compressing the new tables)
-            # while the docs page, which shows the run's final status, is read on a cursor of
-            # its own: on two cores the two overlap, where one after the other they added up,
-            # and nothing is left in the WAL for close() to checkpoint again.
-            docs = None
-            if "build" in steps and settings.docs:
-                docs = _CursorJob(con, "docs",
-                                  lambda cursor, stopping: _write_docs_quietly(cursor, project, settings, summary))
+            # After the publish, the checkpoint writes the run into the file while, on a cursor of
+            # their own, the export is written and the docs page rendered: DuckDB lets readers run
+            # beside a checkpoint (not writers), and on two cores the three overlap where one after
+            # the other they added up. The page shows the run's final status, the row written next,
+            # and is put in place only once that row is committed.
+            final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
+                     "finished_at": None, "customers_exported": None, "export_path": None}
+            finishing = None
+            if "export" in steps or ("build" in steps and settings.docs):
+                finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
+                    cursor, stopping, project, settings, steps, final if run_id is not None else None, summary))
+            failed_stage = "checkpoint"
             try:
                 try:
                     con.execute("checkpoint")
                 except duckdb.Error:
-                    if docs is None:
+                    if finishing is None:
                         raise
-                    docs.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                    finishing.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
                     con.execute("checkpoint")
-                if docs is not None:
-                    docs.wait()
-                    summary.docs = docs.result
-            except BaseException as exc:  # the checkpoint failed, or Ctrl-C: what is committed stays
-                if docs is not None:
-                    docs.stop()
-                if run_id is not None and isinstance(exc, duckdb.Error):
-                    _fail_run(con, run_id, "checkpoint", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                if finishing is not None:
+                    finishing.wait()
+                    if finishing.error is not None:
+                        failed_stage = "export"
+                        raise finishing.error
+            except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
+                if finishing is not None:
+                    finishing.stop()
+                exported = final["finished_at"] is not None  # set once the export is written
+                if run_id is not None and isinstance(exc, KeyboardInterrupt) and exported:
+                    with contextlib.suppress(Exception):  # only the docs page was left: the run is done
+                        _record_final(con, final)
+                elif run_id is not None:
+                    if isinstance(exc, KeyboardInterrupt) and "export" in steps:
+                        failed_stage = "export"  # Ctrl-C: the export is what had not finished
+                    _fail_run(con, run_id, failed_stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
                 raise
+            page = None
+            if finishing is not None:
+                summary.metadata, page = finishing.result
+                if "export" in steps:
+                    summary.output = str(settings.output)
+                    crash_point("after-export")
+            if run_id is not None:
+                final["finished_at"] = final["finished_at"] or utcnow()
+                _record_final(con, final)
+            if page is not None:
+                from .docs import write_page
+
+                try:
+                    summary.docs = str(write_page(page, docs_path(settings)))
+                except OSError as exc:
+                    summary.warnings.append(f"data docs not written: {exc.strerror or exc}")
         finally:
             if stager is not None:
                 stager.close()
@@ -408,15 +418,34 @@ class _CursorJob(threading.Thread):
         self.done.wait()
 
 
-def _write_docs_quietly(con, project, settings: Settings, summary: RunSummary) -> str | None:
-    """The data docs page after a successful build; a failure here is a warning, not a failed run."""
-    from .docs import write_docs
+def _record_final(con, final: dict) -> None:
+    con.execute(
+        "update raw.runs set status = ?, finished_at = ?, customers_exported = ?, export_path = ? where run_id = ?",
+        [final["status"], final["finished_at"], final["customers_exported"], final["export_path"], final["run_id"]],
+    )
 
+
+def _export_and_render(cursor, stopping, project, settings: Settings, steps, final: dict | None,
+                       summary: RunSummary) -> tuple[dict, str | None]:
+    """The export (if asked for), then the docs page (if wanted): (the export's metadata, the page).
+    ``final``: the run's status row, filled in here and written by the caller; the page shows it."""
+    from .docs import render_docs
+
+    metadata = {}
+    if "export" in steps:
+        started = time.monotonic()
+        metadata = export_mod.export(cursor, project, Path(settings.output), stopping)
+        summary.stage_seconds["export"] = time.monotonic() - started
+    if final is not None:
+        final.update(finished_at=utcnow(), customers_exported=metadata.get("total_customers"),
+                     export_path=str(settings.output) if "export" in steps else None)
+    if not ("build" in steps and settings.docs) or stopping.is_set():
+        return metadata, None
     try:
-        return str(write_docs(con, project, docs_path(settings)))
-    except Exception as exc:  # the run itself succeeded and is published
+        return metadata, render_docs(cursor, project, final)
+    except Exception as exc:  # the run itself succeeded: a page that cannot be made is a warning
         summary.warnings.append(f"data docs not written: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-        return None
+        return metadata, None
 
 
 def write_docs_only(settings: Settings) -> Path:
