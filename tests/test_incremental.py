@@ -72,6 +72,7 @@ def test_a_batch_that_fails_to_stage_leaves_the_build_to_stage_the_whole_run(tmp
     with DemoAPI(dataset="demo", faults="none") as api:
         summary, log = run_logged(tmp_path, api.base_url, per_page=20, concurrency=4)
     assert summary.status == "succeeded"
+    assert "pages were not staged while landing (simulated: this batch cannot be staged)" in log
     assert "staged while its pages landed" not in staging_line(log)
     assert "built table" in staging_line(log)
     assert assert_staging_is_one_build_over_the_run(tmp_path / "warehouse" / "customers.duckdb") == summary.records

@@ -48,11 +48,11 @@ class PageStager:
         self._cursor = con.cursor() if self.models else None
         self._pending: list[int] = []
         self._staged: list[int] = []
+        self._staged_set: set[int] = set()
         self._changed = threading.Condition()
         self._closing = False
         self._done = threading.Event()
         self.error: str | None = None
-        self.batches = 0
         if self.models:
             threading.Thread(target=self._run, name="stage-pages", daemon=True).start()
         else:
@@ -72,9 +72,6 @@ class PageStager:
             batch = self._cursor.execute(
                 "select coalesce(list(page), []) from raw.api_pages where run_id = ?", [self.run_id]
             ).fetchall()[0][0]
-            first = set(batch)
-            with self._changed:
-                self._pending = [page for page in self._pending if page not in first]
             self._stage(batch, create=True)
             while True:
                 with self._changed:
@@ -83,8 +80,12 @@ class PageStager:
                     while not self._pending and not self._closing:
                         self._changed.wait()
                     batch, self._pending = self._pending, []
+                    # a page landed as the first batch was read can be announced after it
+                    batch = [page for page in batch if page not in self._staged_set]
                 if not batch:
-                    return
+                    if self._closing:
+                        return
+                    continue
                 self._stage(batch, create=False)
         except Exception as exc:  # the build stages the run itself; the error is kept for the log
             self.error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
@@ -105,7 +106,7 @@ class PageStager:
             else:
                 self._cursor.execute(f"insert into {table} {self._sql[model.name]}", params)
         self._staged.extend(pages)
-        self.batches += 1
+        self._staged_set.update(pages)
 
     def landed_all(self) -> None:
         """The extraction is over: the thread stages what is left, then ends."""

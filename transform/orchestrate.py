@@ -290,7 +290,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 progress.line("build: models and data tests")
                 try:
                     result = Runner(con, project, run_id, log=progress.line,
-                                    staged=stager.finish if stager is not None else None).build_and_publish()
+                                    staged=_staged_tables(stager, progress) if stager else None).build_and_publish()
                 except BaseException as exc:
                     if run_id is not None:
                         _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)
@@ -416,6 +416,18 @@ class _CursorJob(threading.Thread):
         with contextlib.suppress(Exception):
             self.cursor.interrupt()
         self.done.wait()
+
+
+def _staged_tables(stager: PageStager, progress: Progress):
+    """For the runner: the tables staged while the pages landed, once the last batch is in."""
+
+    def staged() -> dict[str, str]:
+        tables = stager.finish()
+        if stager.error is not None:
+            progress.line(f"  note: pages were not staged while landing ({stager.error}); the build stages the run")
+        return tables
+
+    return staged
 
 
 def _record_final(con, final: dict) -> None:
