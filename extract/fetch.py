@@ -124,7 +124,7 @@ def extract_run(
     total_pages = total_pages_of(first)
     first_records = first.get("data") or []
     if progress:
-        progress.update(result, total_pages)
+        progress.update(result, total_pages, pending=len(lander.buffer))
 
     if not first_records:
         if total_pages and total_pages > 1:
@@ -261,4 +261,4 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
     pool.shutdown(wait=True)
     lander.flush()
     if progress:
-        progress.update(result, planned)
+        progress.update(result, planned, force=True)  # the final count, in logs too

@@ -369,3 +369,12 @@ def test_resume_refuses_a_different_paging_and_a_new_run_hints_at_resume(tmp_pat
     assert re.search(r"run 1 failed during extraction after landing \d pages; `--resume` would fetch only",
                      lines.getvalue())
     assert summary.run_id == 2 and summary.metadata["total_customers"] == 23
+
+
+def test_a_log_gets_the_extractions_final_count(tmp_path):
+    # in a log (not a terminal) the line comes every few seconds; the last one is the final count
+    lines = io.StringIO()
+    with DemoAPI(dataset="demo", faults="none") as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, quiet=False), progress=Progress(stream=lines))
+    extract_lines = [line for line in lines.getvalue().splitlines() if line.startswith("extract:")]
+    assert extract_lines[-1].startswith(f"extract: {summary.pages}/{summary.pages} pages, {summary.records:,} records landed")
