@@ -161,3 +161,19 @@ def test_the_batch_sql_reads_the_given_pages_of_the_given_run(tmp_path):
     # the plain model is unchanged by having rendered its batch form
     assert "$pages" not in project.models["stg_reqres__users"].sql
     assert "$pages" not in Project(SQL_DIR).models["stg_reqres__users"].sql
+
+
+def test_a_build_without_extraction_drops_what_a_killed_run_left_staged(tmp_path):
+    with DemoAPI(dataset="demo", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    con = duckdb.connect(str(warehouse))
+    con.execute("create table staging.stg_reqres__users__landing as select * from staging.stg_reqres__users")
+    con.close()
+    summary = orchestrate.run(settings(tmp_path, "http://127.0.0.1:9/api"), steps=("build",))
+    assert summary.status == "succeeded"
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        assert rows(con, "select table_name from duckdb_tables() where table_name like '%__landing'") == []
+    finally:
+        con.close()

@@ -32,6 +32,13 @@ def landing_table(model: Model) -> str:
     return f"{model.schema}.{model.name}{LANDING_SUFFIX}"
 
 
+def drop_landing_tables(con: duckdb.DuckDBPyConnection, project: Project) -> None:
+    """Drop what a run killed while landing left staged (a build without extraction cannot use it)."""
+    for model in project.order:
+        if model.incremental == "by_page":
+            con.execute(f"drop table if exists {landing_table(model)}")
+
+
 class PageStager:
     """Stages one run's landed pages into the landing tables of the project's by_page models.
 

@@ -26,7 +26,7 @@ from extract.redact import redact, strip_userinfo
 from extract.throttle import Throttle
 
 from . import export as export_mod
-from .incremental import PageStager
+from .incremental import PageStager, drop_landing_tables
 from .project import Project
 from .runner import Runner
 from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, utcnow
@@ -287,6 +287,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     _prune(con, settings.keep_runs)
             if "build" in steps:
                 stage_started = time.monotonic()
+                if stager is None:  # rows a killed run staged while landing are of no use now
+                    drop_landing_tables(con, project)
                 progress.line("build: models and data tests")
                 try:
                     result = Runner(con, project, run_id, log=progress.line,
