@@ -53,6 +53,8 @@ class PageStager:
         self.models = [model for model in project.order if model.incremental == "by_page"]
         self._sql = {model.name: project.batch_sql(model) for model in self.models}
         self._cursor = con.cursor() if self.models else None
+        if self._cursor is not None:  # a cursor does not inherit the connection's settings
+            self._cursor.execute("set TimeZone = 'UTC'")
         self._pending: list[int] = []
         self._staged: list[int] = []
         self._staged_set: set[int] = set()

@@ -271,9 +271,9 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     f"run {run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}"
                 )
                 stage_started = time.monotonic()
-                if "build" in steps:  # staging models that go page by page are built as pages land
-                    stager = PageStager(con, project, run_id)
                 try:
+                    if "build" in steps:  # staging models that go page by page are built as pages land
+                        stager = PageStager(con, project, run_id)
                     _extract(con, run_id, settings, progress, summary, client, first_page,
                              on_landed=stager.landed if stager is not None else None)
                 except BaseException as exc:
@@ -297,6 +297,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     if run_id is not None:
                         _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
+                if stager is not None:  # a landing table the build did not publish goes before the checkpoint
+                    stager.close()
                 summary.built, summary.skipped = result.built, result.skipped
                 summary.run_id = summary.run_id or result.input_run_id
                 summary.stage_seconds["build"] = time.monotonic() - stage_started
@@ -308,11 +310,11 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
                      "finished_at": None, "customers_exported": None, "export_path": None}
             finishing = None
-            if "export" in steps or ("build" in steps and settings.docs):
-                finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
-                    cursor, stopping, project, settings, steps, final if run_id is not None else None, summary))
             failed_stage = "checkpoint"
             try:
+                if "export" in steps or ("build" in steps and settings.docs):
+                    finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
+                        cursor, stopping, project, settings, steps, final if run_id is not None else None, summary))
                 try:
                     con.execute("checkpoint")
                 except duckdb.Error:

@@ -113,6 +113,10 @@ def _hash(*parts: str) -> str:
     return digest.hexdigest()[:12]
 
 
+ENV_OPTIONS = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
+_ENV_OPTIONS = repr(sorted((k, getattr(v, "__name__", v)) for k, v in ENV_OPTIONS.items())) + jinja2.__version__
+
+
 class _Texts(jinja2.BaseLoader):
     """Template texts by name: what ``Environment.get_template`` (and so the bytecode cache) needs."""
 
@@ -197,8 +201,7 @@ class Project:
         if getattr(self, "_env", None) is not None:
             return self._env
         self._loader = _Texts()
-        env = jinja2.Environment(loader=self._loader, bytecode_cache=_bytecode_cache(),
-                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        env = jinja2.Environment(loader=self._loader, bytecode_cache=_bytecode_cache(), **ENV_OPTIONS)
         self._rendering: list[tuple[Path, set, set]] = []
 
         def ref(name: str) -> str:
@@ -235,7 +238,9 @@ class Project:
         """``text`` compiled. Through a loader, so that Jinja's bytecode cache keeps the compiled
         code between runs (keyed by the text): compiling the project's ~20 templates takes
         ~45 ms, a good part of a small run's set-up, and is paid again only when one changes."""
-        name = f"{path}@{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        # the name is the bytecode cache's key: the text and the environment's options, so a
+        # template compiled under other options is never reused
+        name = f"{path}@{hashlib.sha256((text + _ENV_OPTIONS).encode()).hexdigest()[:16]}"
         self._loader.texts[name] = text
         try:
             return env.get_template(name)
