@@ -32,11 +32,14 @@ def landing_table(model: Model) -> str:
     return f"{model.schema}.{model.name}{LANDING_SUFFIX}"
 
 
-def drop_landing_tables(con: duckdb.DuckDBPyConnection, project: Project) -> None:
-    """Drop what a run killed while landing left staged (a build without extraction cannot use it)."""
-    for model in project.order:
-        if model.incremental == "by_page":
-            con.execute(f"drop table if exists {landing_table(model)}")
+def by_page_models(project: Project) -> list[Model]:
+    return [model for model in project.order if model.incremental == "by_page"]
+
+
+def drop_landing_tables(con: duckdb.DuckDBPyConnection, models: list[Model]) -> None:
+    """Drop the landing tables of ``models`` (a killed run's leftovers, or what a build did not publish)."""
+    for model in models:
+        con.execute(f"drop table if exists {landing_table(model)}")
 
 
 class PageStager:
@@ -50,14 +53,13 @@ class PageStager:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, project: Project, run_id: int):
         self.run_id = run_id
-        self.models = [model for model in project.order if model.incremental == "by_page"]
+        self.models = by_page_models(project)
         self._sql = {model.name: project.batch_sql(model) for model in self.models}
         self._cursor = con.cursor() if self.models else None
         if self._cursor is not None:  # a cursor does not inherit the connection's settings
             self._cursor.execute("set TimeZone = 'UTC'")
         self._pending: list[int] = []
-        self._staged: list[int] = []
-        self._staged_set: set[int] = set()
+        self._staged: set[int] = set()
         self._changed = threading.Condition()
         self._closing = False
         self._done = threading.Event()
@@ -90,7 +92,7 @@ class PageStager:
                         self._changed.wait()
                     batch, self._pending = self._pending, []
                     # a page landed as the first batch was read can be announced after it
-                    batch = [page for page in batch if page not in self._staged_set]
+                    batch = [page for page in batch if page not in self._staged]
                 if not batch:
                     if self._closing:
                         return
@@ -114,8 +116,7 @@ class PageStager:
                 )
             else:
                 self._cursor.execute(f"insert into {table} {self._sql[model.name]}", params)
-        self._staged.extend(pages)
-        self._staged_set.update(pages)
+        self._staged.update(pages)
 
     def landed_all(self) -> None:
         """The extraction is over: the thread stages what is left, then ends."""
@@ -153,9 +154,8 @@ class PageStager:
             with contextlib.suppress(Exception):
                 self._cursor.interrupt()
             self._done.wait()
-        for model in self.models:
-            with contextlib.suppress(duckdb.Error):
-                self._cursor.execute(f"drop table if exists {landing_table(model)}")
+        with contextlib.suppress(duckdb.Error):
+            drop_landing_tables(self._cursor, self.models)
         with contextlib.suppress(duckdb.Error):
             self._cursor.close()
         self._cursor = None

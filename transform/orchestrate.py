@@ -26,7 +26,7 @@ from extract.redact import redact, strip_userinfo
 from extract.throttle import Throttle
 
 from . import export as export_mod
-from .incremental import PageStager, drop_landing_tables
+from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
 from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, utcnow
@@ -195,14 +195,16 @@ def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: 
     progress.stats = stats
     counts = "requests = coalesce(requests, 0) + $requests, retries = coalesce(retries, 0) + $retries, " \
              "throttled = coalesce(throttled, 0) + $throttled"
+
+    def counted() -> dict:
+        return {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled, "run": run_id}
+
     try:
         result = extract_run(con, run_id, client, settings.concurrency, progress, first_page=first_page,
                              on_landed=on_landed)
     except BaseException:
         with contextlib.suppress(duckdb.Error):  # what the failed run asked of the API still counts
-            con.execute(f"update raw.runs set {counts} where run_id = $run",
-                        {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
-                         "run": run_id})
+            con.execute(f"update raw.runs set {counts} where run_id = $run", counted())
         raise
     finally:
         client.close()
@@ -216,8 +218,7 @@ def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: 
             records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages where run_id = $run)
         where run_id = $run
         """,
-        {"requests": stats.requests, "retries": stats.retries, "throttled": stats.throttled,
-         "at": utcnow(), "total": result.reported_total, "expected": result.pages_expected, "run": run_id},
+        {**counted(), "at": utcnow(), "total": result.reported_total, "expected": result.pages_expected},
     )
     summary.pages, summary.records = result.pages_landed, result.records_landed
     summary.warnings.extend(result.warnings)
@@ -288,7 +289,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             if "build" in steps:
                 stage_started = time.monotonic()
                 if stager is None:  # rows a killed run staged while landing are of no use now
-                    drop_landing_tables(con, project)
+                    drop_landing_tables(con, by_page_models(project))
                 progress.line("build: models and data tests")
                 try:
                     result = Runner(con, project, run_id, log=progress.line,
@@ -309,12 +310,14 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             # and is put in place only once that row is committed.
             final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
                      "finished_at": None, "customers_exported": None, "export_path": None}
+            wants_docs = "build" in steps and settings.docs
             finishing = None
             failed_stage = "checkpoint"
             try:
-                if "export" in steps or ("build" in steps and settings.docs):
+                if "export" in steps or wants_docs:
                     finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
-                        cursor, stopping, project, settings, steps, final if run_id is not None else None, summary))
+                        cursor, stopping, project, settings, "export" in steps, wants_docs,
+                        final if run_id is not None else None, summary))
                 try:
                     con.execute("checkpoint")
                 except duckdb.Error:
@@ -374,8 +377,8 @@ def docs_path(settings: Settings) -> Path:
 
 
 class _CursorJob(threading.Thread):
-    """``work(cursor, stopping)`` on its own cursor of ``con``, in a thread: ``result``, ``error``,
-    ``seconds``. ``stopping`` is an Event that ``stop()`` sets, for the work to give up at its
+    """``work(cursor, stopping)`` on its own cursor of ``con``, in a thread: ``result``, ``error``.
+    ``stopping`` is an Event that ``stop()`` sets, for the work to give up at its
     next safe point (its running query is interrupted too).
 
     ``done`` is set when the work has ended and its cursor is closed. The waits below use it
@@ -389,19 +392,16 @@ class _CursorJob(threading.Thread):
         self.cursor.execute("set TimeZone = 'UTC'")  # a cursor does not inherit the connection's settings
         self.work = work
         self.result = self.error = None
-        self.seconds = 0.0
         self.stopping = threading.Event()
         self.done = threading.Event()
         self.start()
 
     def run(self) -> None:
-        started = time.monotonic()
         try:
             self.result = self.work(self.cursor, self.stopping)
         except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         finally:
-            self.seconds = time.monotonic() - started
             self.cursor.close()
             self.done.set()
 
@@ -441,21 +441,21 @@ def _record_final(con, final: dict) -> None:
     )
 
 
-def _export_and_render(cursor, stopping, project, settings: Settings, steps, final: dict | None,
-                       summary: RunSummary) -> tuple[dict, str | None]:
+def _export_and_render(cursor, stopping, project, settings: Settings, exporting: bool, wants_docs: bool,
+                       final: dict | None, summary: RunSummary) -> tuple[dict, str | None]:
     """The export (if asked for), then the docs page (if wanted): (the export's metadata, the page).
     ``final``: the run's status row, filled in here and written by the caller; the page shows it."""
     from .docs import render_docs
 
     metadata = {}
-    if "export" in steps:
+    if exporting:
         started = time.monotonic()
         metadata = export_mod.export(cursor, project, Path(settings.output), stopping)
         summary.stage_seconds["export"] = time.monotonic() - started
     if final is not None:
         final.update(finished_at=utcnow(), customers_exported=metadata.get("total_customers"),
-                     export_path=str(settings.output) if "export" in steps else None)
-    if not ("build" in steps and settings.docs) or stopping.is_set():
+                     export_path=str(settings.output) if exporting else None)
+    if not wants_docs or stopping.is_set():
         return metadata, None
     try:
         return metadata, render_docs(cursor, project, final)
