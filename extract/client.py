@@ -206,10 +206,26 @@ class ApiClient:
             session.trust_env = False
             session.proxies.update(env["proxies"])
             session.verify, session.cert = env["verify"], env["cert"]
+            # The request every page starts from: the session's headers, hooks and auth merged
+            # once. Session.get merges them again on each call (~0.3 ms of the client's ~1.5 ms
+            # a page, under the GIL the fetchers share).
+            self._local.template = session.prepare_request(requests.Request("GET", self.page_url(1)))
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+    def _get(self, url: str) -> requests.Response:
+        """GET ``url`` on this thread's session: Session.get, without re-merging the session's settings."""
+        session = self._session()
+        timeout = (self.policy.connect_timeout, self.policy.read_timeout)
+        if session.cookies:  # an API that sets cookies: requests' own path sends them back
+            return session.get(url, timeout=timeout)
+        prepared = self._local.template.copy()
+        prepared.prepare_url(url, None)
+        # what Session.request passes on; redirects (and the key-stripping rule) run in send()
+        return session.send(prepared, timeout=timeout, allow_redirects=True, proxies=session.proxies,
+                            verify=session.verify, cert=session.cert, stream=False)
 
     def cancel(self) -> None:
         """Stop every fetch of this client: no new attempt starts, backoff sleeps end now.
@@ -262,9 +278,7 @@ class ApiClient:
         try:
             self.stats.add(requests_=1)
             try:
-                response = self._session().get(
-                    url, timeout=(self.policy.connect_timeout, self.policy.read_timeout)
-                )
+                response = self._get(url)
                 body = response.text  # reads the whole body: a truncated one raises here
             except requests.exceptions.Timeout as exc:
                 raise TransientError(f"timed out ({exc.__class__.__name__})")

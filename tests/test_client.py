@@ -168,3 +168,43 @@ def test_the_key_is_kept_on_a_same_host_redirect():
         holder["base"] = api.base_url.replace("/api", "")
         ApiClient(api.base_url, 6, api_key=key, policy=FAST_RETRY).get_page(1)
         assert [r.headers.get("x-api-key") for r in api.requests] == [key, key]
+
+
+def test_every_page_is_sent_as_session_get_would_send_it():
+    # the client sends a copy of one prepared request per page (the session's settings merged
+    # once); what reaches the server must be what plain requests sends: path, query, headers
+    import requests
+
+    key = "k-0123456789abcdef"
+    respond = lambda r: (200, {}, page_body(r.page or 1, 6, [{"id": 1}], total_pages=3))  # noqa: E731
+    with ScriptedAPI(respond) as api:
+        client = ApiClient(api.base_url + "?tenant=a%20b&x=1", 6, api_key=key, policy=FAST_RETRY)
+        for page in (1, 2, 3):
+            client.get_page(page)
+        client.close()
+        ours = list(api.requests)
+        api.requests.clear()
+        with requests.Session() as session:
+            session.headers.update({"Accept": "application/json", "User-Agent": "customer-pipeline/0.1",
+                                    "x-api-key": key})
+            for page in (1, 2, 3):
+                session.get(client.page_url(page), timeout=5)
+        plain = list(api.requests)
+    assert [r.path for r in ours] == [r.path for r in plain]
+    assert [r.path for r in ours][1] == "/api/users?tenant=a+b&x=1&page=2&per_page=6"
+    assert [r.headers for r in ours] == [r.headers for r in plain]
+
+
+def test_a_cookie_the_api_sets_is_sent_back_on_the_next_pages():
+    def respond(request):
+        if request.page == 1:
+            return 200, {"Set-Cookie": "lb=node-7; Path=/"}, page_body(1, 6, [{"id": 1}], total_pages=3)
+        return 200, {}, page_body(request.page, 6, [{"id": request.page}], total_pages=3)
+
+    with ScriptedAPI(respond) as api:
+        client = ApiClient(api.base_url, 6, policy=FAST_RETRY)
+        for page in (1, 2, 3):
+            client.get_page(page)
+        client.close()
+    assert "cookie" not in api.requests[0].headers
+    assert [r.headers.get("cookie") for r in api.requests[1:]] == ["lb=node-7", "lb=node-7"]

@@ -228,10 +228,12 @@ def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
+        requests_before = len(api.requests)
         started = time.monotonic()
         result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                          "--output", str(tmp_path / "out.json"), "--lock-timeout", "2")
         elapsed = time.monotonic() - started
+        assert len(api.requests) == requests_before  # seen as held: page 1 was not asked for
     finally:
         holder.kill()
         holder.wait()
@@ -246,6 +248,41 @@ def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then
     con = duckdb.connect(str(warehouse), read_only=True)
     assert rows(con, "select run_id, status from raw.runs order by run_id") == [(1, "succeeded"), (2, "succeeded")]
     con.close()
+
+
+@pytest.mark.parametrize("mode", ["read-write", "read-only"])
+def test_the_warehouse_is_seen_as_held_without_being_opened(tmp_path, mode):
+    # page 1 is asked for while the warehouse opens only when it should open at once; the
+    # check must not open the file: closing any descriptor of it would drop this process's
+    # own DuckDB lock on it
+    from transform.warehouse import opens_without_waiting
+
+    warehouse = tmp_path / "w.duckdb"
+    assert opens_without_waiting(warehouse)  # no file yet
+    duckdb.connect(str(warehouse)).close()
+    assert opens_without_waiting(warehouse)  # a closed database
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace("duckdb.connect(sys.argv[1])",
+                               f"duckdb.connect(sys.argv[1], read_only={mode == 'read-only'})"),
+                               str(warehouse), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        if Path("/proc/locks").exists():
+            assert not opens_without_waiting(warehouse)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert opens_without_waiting(warehouse)
+    mine = duckdb.connect(str(warehouse))  # this process's own lock: still there after the check
+    try:
+        assert not opens_without_waiting(warehouse)
+        probe = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(warehouse)!r})"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode != 0 and "lock" in probe.stderr.lower()
+    finally:
+        mine.close()
+    (tmp_path / "small.duckdb").write_bytes(b"x" * 100)
+    assert not opens_without_waiting(tmp_path / "small.duckdb")
+    assert not opens_without_waiting(tmp_path)  # a directory
 
 
 def test_a_run_waits_for_a_short_lived_holder(tmp_path, api):

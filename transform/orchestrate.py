@@ -29,7 +29,7 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, utcnow
+from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, opens_without_waiting, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -253,15 +253,20 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     try:
         if lock.stale_holder:
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
+        if "extract" in steps:
+            client = _client(settings)
+            # Page 1 says how many pages there are, so it is asked for while DuckDB opens the
+            # warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not
+            # to open at once (locked by another process, or too small to be a database): those
+            # runs fail or wait without a request. One the check cannot see (a damaged database)
+            # costs that one request; the client is cancelled when the run fails.
+            # A resumed run may have landed page 1 already: it asks once it knows.
+            if not settings.resume and opens_without_waiting(Path(settings.warehouse)):
+                first_page = prefetch_first_page(client)
         con = connect(settings.warehouse_config)
         try:
-            # the warehouse opened and the SQL project loaded, the two checks that stop a run
-            # before it fetches: page 1 can be on its way while the run is set up (should a
-            # later step still fail, the client is cancelled and that one request abandoned)
-            if "extract" in steps:
-                client = _client(settings)
-                if not settings.resume:  # a resumed run may have page 1 already
-                    first_page = prefetch_first_page(client)
+            if client is not None and first_page is None and not settings.resume:
+                first_page = prefetch_first_page(client)  # the warehouse is open now
             ensure_schema(con)
             _close_dead_runs(con)
             run_id = None

@@ -159,6 +159,34 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
             time.sleep(0.25)
 
 
+# A DuckDB file is at least its three 4 KiB headers (an empty database is exactly that).
+_DUCKDB_MIN_SIZE = 3 * 4096
+
+
+def opens_without_waiting(path: Path) -> bool:
+    """Whether ``connect`` should open the warehouse at once, judged without opening the file.
+
+    True when there is no file yet, or a regular file big enough to be a DuckDB database that
+    no process holds a lock on (``/proc/locks``; where that cannot be read, False). The file is
+    not opened here on purpose: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, and DuckDB's own lock is one. A False only means "do not count on it".
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not path.is_file() or st.st_size < _DUCKDB_MIN_SIZE:
+        return False
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            return not any(inode in line.split() for line in locks)
+    except OSError:
+        return False
+
+
 def _locked_message(path: Path, message: str, timeout: float) -> str:
     holder = _LOCK_HOLDER.search(message)
     who = f"{holder['prog']} (PID {holder['pid']})" if holder else "another process"
@@ -193,11 +221,17 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchall())
     if set(SCHEMAS) <= schemas and all(comments.get(t) == c for t, c in FIXED_COMMENTS.items()):
         return
-    for schema in SCHEMAS:
-        con.execute(f"create schema if not exists {schema}")
-    con.execute(FIXED_DDL)
-    for table, comment in FIXED_COMMENTS.items():
-        con.execute(f"comment on table {table} is {sql_literal(comment)}")
+    # one transaction, one script: the tables appear together (and one commit is ~10 ms less
+    # than one per statement on a new warehouse)
+    con.execute("begin transaction")
+    try:
+        con.execute(";\n".join([*(f"create schema if not exists {schema}" for schema in SCHEMAS), FIXED_DDL,
+                                 *(f"comment on table {table} is {sql_literal(comment)}"
+                                   for table, comment in FIXED_COMMENTS.items())]))
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
 
 
 def sql_literal(text: str) -> str:
