@@ -17,6 +17,7 @@ from conftest import ROOT, SQL_DIR, dicts, error_lines, rows, run_cli, settings
 from extract.demo_api import DemoAPI
 from extract.errors import DataTestError
 from transform import orchestrate
+from transform.project import Project
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +206,17 @@ def test_every_published_table_and_column_has_a_comment(tmp_path, api):
     missing_columns = rows(con, """
         select schema_name, table_name, column_name from duckdb_columns()
         where schema_name in ('marts') and comment is null""")
+    # staging's rows were staged while the pages landed (the stager commented the columns then)
+    staged = dict(rows(con, """
+        select column_name, comment from duckdb_columns()
+        where schema_name = 'staging' and table_name = 'stg_reqres__users'"""))
+    table_comment = rows(con, "select comment from duckdb_tables() where table_name = 'stg_reqres__users'")[0][0]
     con.close()
     assert missing_tables == []
     assert missing_columns == []
+    model = Project(SQL_DIR).models["stg_reqres__users"]
+    assert staged == model.columns
+    assert table_comment.startswith(model.description) and "Not for analysis" not in table_comment
 
 
 # -- locks -----------------------------------------------------------------------------------------

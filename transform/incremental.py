@@ -109,11 +109,15 @@ class PageStager:
             table = landing_table(model)
             if create:
                 self._cursor.execute(f"create or replace table {table} as {self._sql[model.name]}", params)
-                self._cursor.execute(
+                columns = [d[0] for d in self._cursor.execute(f"select * from {table} limit 0").description]
+                # the model's column comments now, while the pages land, not in the build: the
+                # rename that publishes the table keeps them (the build sets the table's own)
+                self._cursor.execute(";\n".join([
                     f"comment on table {table} is "
                     + sql_literal(f"Rows of run {self.run_id} staged while its pages land; the run's build "
-                                  f"publishes them as {model.relation}. Not for analysis.")
-                )
+                                  f"publishes them as {model.relation}. Not for analysis."),
+                    *model.column_comments(table, columns),
+                ]))
             else:
                 self._cursor.execute(f"insert into {table} {self._sql[model.name]}", params)
         self._staged.update(pages)

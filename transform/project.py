@@ -27,6 +27,8 @@ import jinja2
 
 from extract.errors import ModelError
 
+from .warehouse import sql_literal
+
 LAYERS = ("staging", "intermediate", "marts")
 SOURCES = {("raw", "api_pages"), ("raw", "runs")}
 MATERIALIZATIONS = ("table", "view")
@@ -59,6 +61,12 @@ class Model:
     refs: set[str] = field(default_factory=set)
     sources: set[tuple[str, str]] = field(default_factory=set)
     version: str = ""
+
+    def column_comments(self, relation: str, columns) -> list[str]:
+        """COMMENT ON COLUMN statements for the documented columns among ``columns``, on ``relation``."""
+        present = set(columns)
+        return [f'comment on column {relation}."{column}" is {sql_literal(comment)}'
+                for column, comment in self.columns.items() if column in present]
 
     @property
     def relation(self) -> str:

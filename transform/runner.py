@@ -179,7 +179,7 @@ class Runner:
                 raise DataTestError(self._test_failure_message(failing))
             self._record(results, tests, states, "built")
             self._record_quality()
-            self._document({m.model for m in results if m.status == "built"})
+            self._document({m.model for m in results if m.status == "built"}, set(staged))
             crash_point("before-publish")
             self.con.execute("commit")
         except BaseException as exc:
@@ -291,32 +291,34 @@ class Runner:
         except duckdb.Error:
             pass  # bookkeeping must never hide the real failure
 
-    def _document(self, rebuilt: set[str]) -> None:
+    def _document(self, rebuilt: set[str], commented: set[str] = frozenset()) -> None:
         """COMMENT ON every rebuilt relation and its columns, so DBeaver and the CLI show them.
 
         A skipped model keeps its relation, and so its comments (they are part of its SQL, so
-        a changed comment is a changed version and a rebuild). All comments go to DuckDB as
-        one script: one round trip, not one per column.
+        a changed comment is a changed version and a rebuild). ``commented``: models published
+        from a staged table whose columns the stager commented already (a rename keeps them).
+        All comments go to DuckDB as one script: one round trip, not one per column.
         """
         models = [model for model in self.project.order if model.name in rebuilt]
         if not models:
             return
-        existing = set(
-            self.con.execute(
-                """
-                select schema_name || '.' || table_name || '.' || column_name from duckdb_columns()
-                where database_name = current_database()
-                """
-            ).fetchall()
-        )
+        existing: dict[str, list[str]] = {}
+        for schema, name, column in self.con.execute(
+            """
+            select schema_name, table_name, column_name from duckdb_columns()
+            where database_name = current_database()
+            """
+        ).fetchall():
+            model = self.project.models.get(name)
+            if model is not None and model.schema == schema:
+                existing.setdefault(name, []).append(column)
         statements = []
         for model in models:
             kind = "view" if model.materialized == "view" else "table"
             text = model.description + (f" Grain: {model.grain}." if model.grain else "") + f" Version {model.version}."
             statements.append(f"comment on {kind} {model.relation} is {sql_literal(text.strip())}")
-            for column, comment in model.columns.items():
-                if (f"{model.schema}.{model.name}.{column}",) in existing:
-                    statements.append(f'comment on column {model.relation}."{column}" is {sql_literal(comment)}')
+            if model.name not in commented:
+                statements += model.column_comments(model.relation, existing.get(model.name, ()))
         self.con.execute(";\n".join(statements))
 
 
