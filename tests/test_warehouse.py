@@ -456,3 +456,27 @@ def test_duckdb_1_5_cli_opens_the_warehouse_read_only(tmp_path, api):
     assert result.returncode == 0, result.stderr
     version, count = result.stdout.strip().splitlines()[-1].split(",")
     assert version.startswith("v1.5") and int(count) == summary.metadata["total_customers"]
+
+
+def test_a_failed_commit_of_the_schema_is_the_error_reported(tmp_path):
+    # DuckDB ends a transaction whose COMMIT fails: the rollback after it must not replace the
+    # real error (a full disk, say) with "no transaction is active"
+    from transform.warehouse import ensure_schema
+
+    class FailingCommit:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if sql == "commit":
+                self.con.execute("rollback")  # what DuckDB does to a transaction whose commit fails
+                raise duckdb.IOException("IO Error: could not write the WAL (disk full)")
+            return self.con.execute(sql, *args)
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    try:
+        with pytest.raises(duckdb.IOException, match="disk full"):
+            ensure_schema(FailingCommit(con))
+        assert rows(con, "select count(*) from duckdb_tables() where schema_name in ('raw', 'meta')") == [(0,)]
+    finally:
+        con.close()
