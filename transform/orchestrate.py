@@ -253,20 +253,21 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     try:
         if lock.stale_holder:
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
+        # Page 1 says how many pages there are, so it is asked for while DuckDB opens the
+        # warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not to
+        # open at once (locked by another process, or too small to be a database): those runs
+        # fail or wait without a request, and ask once it is open. One the check cannot see (a
+        # damaged database) costs that one request; the client is cancelled when the run fails.
+        # A resumed run may have landed page 1 already: extract_run asks if it needs it.
+        prefetch = "extract" in steps and not settings.resume
         if "extract" in steps:
             client = _client(settings)
-            # Page 1 says how many pages there are, so it is asked for while DuckDB opens the
-            # warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not
-            # to open at once (locked by another process, or too small to be a database): those
-            # runs fail or wait without a request. One the check cannot see (a damaged database)
-            # costs that one request; the client is cancelled when the run fails.
-            # A resumed run may have landed page 1 already: it asks once it knows.
-            if not settings.resume and opens_without_waiting(Path(settings.warehouse)):
-                first_page = prefetch_first_page(client)
+        if prefetch and opens_without_waiting(Path(settings.warehouse)):
+            first_page = prefetch_first_page(client)
         con = connect(settings.warehouse_config)
         try:
-            if client is not None and first_page is None and not settings.resume:
-                first_page = prefetch_first_page(client)  # the warehouse is open now
+            if prefetch and first_page is None:
+                first_page = prefetch_first_page(client)
             ensure_schema(con)
             _close_dead_runs(con)
             run_id = None
