@@ -151,20 +151,26 @@ def prefetch_first_page(client: ApiClient) -> futures.Future:
 
     Page 1 says how many pages there are, so nothing else can start before it; asking for
     it first overlaps its round trip with the warehouse's start-up. If the run stops before
-    using it, ``client.cancel()`` ends its retries; the thread is a daemon, so a request
-    still on the wire never holds up the process's exit.
+    using it, ``client.cancel()`` ends its retries.
     """
+    return in_thread("fetch-first", client.get_page, 1)
+
+
+def in_thread(name: str, work, *args) -> futures.Future:
+    """``work(*args)`` on a daemon thread of its own, started now; its result (or exception) in
+    the returned future. A daemon, so work still going (a request on the wire) never holds up
+    the process's exit."""
     future: futures.Future = futures.Future()
 
-    def fetch() -> None:
+    def target() -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            future.set_result(client.get_page(1))
+            future.set_result(work(*args))
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
-    threading.Thread(target=fetch, name="fetch-first", daemon=True).start()
+    threading.Thread(target=target, name=name, daemon=True).start()
     return future
 
 

@@ -20,7 +20,7 @@ import duckdb
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
 from extract.errors import PipelineError, UsageError
-from extract.fetch import extract_run, prefetch_first_page
+from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo
 from extract.throttle import Throttle
@@ -245,7 +245,6 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     if "export" in steps:
         export_mod.check_output_path(Path(settings.output))
     progress = progress or Progress(quiet=settings.quiet)
-    project = Project(settings.sql_dir) if ("build" in steps or "export" in steps) else None
     started = time.monotonic()
     summary = RunSummary(run_id=None, status="running")
     lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
@@ -264,10 +263,15 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             client = _client(settings)
         if prefetch and opens_without_waiting(Path(settings.warehouse)):
             first_page = prefetch_first_page(client)
+        # the models are read and rendered (Jinja) on a thread while DuckDB opens the warehouse:
+        # both take a while, and DuckDB's start-up does not hold the GIL
+        loading = in_thread("load-project", Project, settings.sql_dir) \
+            if ("build" in steps or "export" in steps) else None
         con = connect(settings.warehouse_config)
         try:
             if prefetch and first_page is None:
                 first_page = prefetch_first_page(client)
+            project = loading.result() if loading is not None else None
             ensure_schema(con)
             _close_dead_runs(con)
             run_id = None
