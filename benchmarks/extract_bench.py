@@ -4,14 +4,16 @@
     python benchmarks/extract_bench.py [--pages 200] [--latency 0.05] [--concurrency 8] [--repeat 3]
     python benchmarks/extract_bench.py --rate-check      # + the 20-requests-a-minute check (~70 s)
 
-The demo API runs in this process (dataset "scale", per_page chosen so there are exactly
-``--pages`` pages, ``--latency`` seconds per answer, no injected faults) and the whole
-pipeline (``transform.orchestrate.run``: extract, build, export into a temp warehouse) runs
-against it:
+The demo API (dataset "scale", per_page chosen so there are exactly ``--pages`` pages,
+``--latency`` seconds per answer, no injected faults) runs in a process of its own for the
+speed runs, in this one where its request log is read (2, 3); the whole pipeline
+(``transform.orchestrate.run``: extract, build, export into a temp warehouse) runs against it:
 
 1. speed: the run with concurrency 1 (sequential) and with ``--concurrency``, median of
    ``--repeat``; pages/s of the run and of the extract stage; the speedup (goal >= 6x at
-   200 pages x 50 ms, concurrency 8);
+   200 pages x 50 ms, concurrency 8). A run during which other processes or the hypervisor
+   took more than ``--max-other-load`` cores is repeated (up to 3x ``--repeat`` runs), and
+   listed with its time: it measured the machine, not the pipeline;
 2. politeness under 429s: the server answers 429 (Retry-After: 1) whenever more than 2
    requests are in flight; with ``--concurrency`` the client should adapt (AIMD throttle):
    requests, 429s, requests per page (goal <= 1.5), wall time;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -92,6 +95,15 @@ class _ServerProcess:
                     raise SystemExit("the demo API process did not start")
                 time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """The server process's user + system CPU seconds so far (/proc); 0.0 where unavailable."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def warm(self, pages: int, per_page: int) -> None:
         """Render every page once (untimed), so the timed runs measure the client, not the server."""
         import concurrent.futures
@@ -133,9 +145,12 @@ def one_run(pages: int, per_page: int, latency: float, concurrency: int, *, max_
                             max_requests_per_minute=max_requests_per_minute,
                             warehouse=Path(tmp) / "w.duckdb", output=Path(tmp) / "out.json", quiet=True)
         with CpuMeter() as meter:
+            server_cpu = server.cpu_seconds() if server_process else 0.0
             started = time.perf_counter()
             summary = orchestrate.run(settings)
             wall = time.perf_counter() - started
+            if server_process:  # the API's own work is part of the measurement, not other load
+                meter.child_cpu = server.cpu_seconds() - server_cpu
         log = list(api.requests) if api.requests is not None else None
     if summary.pages != pages:
         raise SystemExit(f"expected {pages} pages, the run landed {summary.pages}")
@@ -162,28 +177,52 @@ def max_in_window(times: list[float], window: float) -> int:
     return best
 
 
+def undisturbed_runs(n: int, max_other_load: float, run) -> tuple[list[dict], list[dict]]:
+    """``n`` results of ``run()`` during which other processes and the hypervisor used at most
+    ``max_other_load`` cores on average: a disturbed run is repeated, up to ``3 * n`` runs in
+    all (then the least disturbed are kept). Returns (kept, repeated)."""
+    kept, disturbed = [], []
+    for _ in range(3 * n):
+        result = run()
+        (kept if result["others"] <= max_other_load else disturbed).append(result)
+        if len(kept) == n:
+            return kept, disturbed
+    disturbed.sort(key=lambda r: r["others"])
+    return kept + disturbed[: n - len(kept)], disturbed[n - len(kept):]
+
+
 def speed(rep: Report, args) -> None:
     rep.heading(f"Speed: {args.pages} pages x {args.per_page} records, {args.latency * 1000:.0f} ms latency per "
                 f"request, median of {args.repeat}", 3)
     table = Table(["mode", "concurrency", "run s", "extract s", "pages/s (run)", "pages/s (extract)",
-                   "requests", "retries", "other load"])
+                   "requests", "retries", "other load", "repeated"])
     medians = {}
+    notes = []
     for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-        runs = [one_run(args.pages, args.per_page, args.latency, concurrency, quiet_wait=args.quiet_wait,
-                        server_process=True)
-                for _ in range(args.repeat)]
+        runs, repeated = undisturbed_runs(
+            args.repeat, args.max_other_load,
+            lambda: one_run(args.pages, args.per_page, args.latency, concurrency, quiet_wait=args.quiet_wait,
+                            server_process=True))
         wall = statistics.median(r["wall"] for r in runs)
         extract = statistics.median(r["extract"] for r in runs)
         medians[label] = (wall, extract)
         table.add(label, concurrency, wall, extract, args.pages / wall, args.pages / extract,
                   max(r["requests"] for r in runs), max(r["retries"] for r in runs),
-                  f"{max(r['others'] for r in runs):.2f}")
+                  f"{max(r['others'] for r in runs):.2f}", len(repeated))
+        if repeated:
+            loads = ", ".join(f"{r['others']:.2f}" for r in repeated)
+            walls = ", ".join(f"{r['wall']:.2f}" for r in repeated)
+            notes.append(f"{label}: {len(repeated)} disturbed run(s) repeated (other load {loads}; run s {walls})")
+        if any(r["others"] > args.max_other_load for r in runs):
+            notes.append(f"{label}: still disturbed after {3 * args.repeat} runs; the least disturbed are shown")
     rep.table(table)
+    for note in notes:
+        rep.line(note)
     run_x = medians["sequential"][0] / medians["concurrent"][0]
     extract_x = medians["sequential"][1] / medians["concurrent"][1]
     goal = f"goal >= {GOAL_SPEEDUP:.0f}x at 200 pages x 50 ms, concurrency 8"
-    rep.line(f"speedup: whole run {run_x:.1f}x ({'MET' if run_x >= GOAL_SPEEDUP else 'NOT MET'}), extract stage "
-             f"{extract_x:.1f}x ({'MET' if extract_x >= GOAL_SPEEDUP else 'NOT MET'}); {goal}")
+    rep.line(f"speedup: whole run {run_x:.2f}x ({'MET' if run_x >= GOAL_SPEEDUP else 'NOT MET'}), extract stage "
+             f"{extract_x:.2f}x ({'MET' if extract_x >= GOAL_SPEEDUP else 'NOT MET'}); {goal}")
     ideal = args.pages * args.latency
     rep.line(f"for scale: {args.pages} x {args.latency * 1000:.0f} ms = {ideal:.1f} s of pure latency sequentially, "
              f"{ideal / args.concurrency:.2f} s at perfect {args.concurrency}-way overlap")
@@ -239,6 +278,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
                         help="before each run, wait up to this long for other processes to leave the CPUs "
                              "alone (default %(default)s; 0 = never wait)")
+    parser.add_argument("--max-other-load", type=float, default=0.2, metavar="CORES",
+                        help="speed runs during which other processes and the hypervisor used more cores than "
+                             "this (on average) are repeated, up to 3x --repeat runs in all; the report lists "
+                             "them (default %(default)s; inf keeps every run)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report as markdown here")
     args = parser.parse_args(argv)
     if args.pages < 2 or args.per_page < 1 or args.repeat < 1 or args.concurrency < 1 or args.latency < 0:
@@ -248,7 +291,8 @@ def main(argv=None) -> int:
     rep.heading("Extraction benchmark: the whole run against the demo API on 127.0.0.1", 1)
     rep.line(machine_line(machine()))
     rep.line("other load = average cores used by other processes on the machine (plus hypervisor steal) "
-             "during a run; above ~0.2 the timing is disturbed")
+             f"during a run, the demo API's process not counted; a speed run above {args.max_other_load} "
+             "is disturbed and repeated")
     started = time.perf_counter()
     speed(rep, args)
     if not args.skip_429:
