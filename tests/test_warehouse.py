@@ -130,6 +130,7 @@ def test_a_broken_project_is_one_line_and_touches_nothing(tmp_path, api, change,
     before_db, before_export = warehouse.read_bytes(), (tmp_path / "out.json").read_bytes()
     sql = copy_sql(tmp_path)
     change(sql)
+    asked_before = len(api.requests)
     result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                      "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
     assert result.returncode == 1
@@ -137,6 +138,8 @@ def test_a_broken_project_is_one_line_and_touches_nothing(tmp_path, api, change,
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert warehouse.read_bytes() == before_db  # not even a run row: the project is checked first
+    # the models load while page 1 is on its way: that one request, no other
+    assert [r.page for r in api.requests[asked_before:]] in ([], [1])
     assert (tmp_path / "out.json").read_bytes() == before_export
 
 

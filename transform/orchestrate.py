@@ -256,7 +256,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
         # warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not to
         # open at once (locked by another process, or too small to be a database): those runs
         # fail or wait without a request, and ask once it is open. One the check cannot see (a
-        # damaged database) costs that one request; the client is cancelled when the run fails.
+        # damaged database), or a broken sql/ folder (the models load while DuckDB opens), costs
+        # that one request; the client is cancelled when the run fails.
         # A resumed run may have landed page 1 already: extract_run asks if it needs it.
         prefetch = "extract" in steps and not settings.resume
         if "extract" in steps:
