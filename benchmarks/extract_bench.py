@@ -177,6 +177,12 @@ def max_in_window(times: list[float], window: float) -> int:
     return best
 
 
+def fixed_cost_budget(sequential_run: float, concurrent_extract: float, goal: float) -> float:
+    """The most the concurrent run may spend besides extracting (its run s minus its extract s)
+    and still be ``goal`` times faster than ``sequential_run``: sequential_run / goal - extract."""
+    return sequential_run / goal - concurrent_extract
+
+
 def undisturbed_runs(n: int, max_other_load: float, run) -> tuple[list[dict], list[dict]]:
     """``n`` results of ``run()`` during which other processes and the hypervisor used at most
     ``max_other_load`` cores on average: a disturbed run is repeated, up to ``3 * n`` runs in
@@ -224,6 +230,12 @@ def speed(rep: Report, args) -> None:
     goal = f"goal >= {GOAL_SPEEDUP:.0f}x at 200 pages x 50 ms, concurrency 8"
     rep.line(f"speedup: whole run {run_x:.2f}x ({'MET' if run_x >= GOAL_SPEEDUP else 'NOT MET'}), extract stage "
              f"{extract_x:.2f}x ({'MET' if extract_x >= GOAL_SPEEDUP else 'NOT MET'}); {goal}")
+    # what the run spends besides extracting (warehouse, build, tests, export, docs, checkpoint)
+    # is what decides the whole-run speedup: the extract stage is at its speedup already
+    fixed = {label: wall - extract for label, (wall, extract) in medians.items()}
+    budget = fixed_cost_budget(medians["sequential"][0], medians["concurrent"][1], GOAL_SPEEDUP)
+    rep.line(f"besides extracting, a run spends {fixed['sequential']:.2f} s sequential, {fixed['concurrent']:.2f} s "
+             f"concurrent; {GOAL_SPEEDUP:.0f}x needs the concurrent one at {budget:.2f} s or less")
     if every != {label: wall for label, (wall, _) in medians.items()}:
         rep.line(f"every run, the disturbed ones too: median run s {every['sequential']:.2f} sequential, "
                  f"{every['concurrent']:.2f} concurrent: {every['sequential'] / every['concurrent']:.2f}x")

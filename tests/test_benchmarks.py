@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
@@ -49,7 +51,7 @@ def test_extract_bench_small():
     for expected in (
         "machine:",
         "mode", "concurrency", "run s", "extract s", "pages/s (run)",
-        "sequential", "concurrent", "speedup:",
+        "sequential", "concurrent", "speedup:", "besides extracting, a run spends",
         "requests", "429s", "requests/page",
         "requests per page:",
     ):
@@ -78,3 +80,9 @@ def test_a_machine_that_stays_busy_keeps_the_least_disturbed_runs():
     assert sorted(r["others"] for r in kept) == [0.3, 0.4]  # 3 x 2 runs in all, then the best two
     assert sorted(r["others"] for r in repeated) == [0.6, 0.7, 0.8, 0.9]
     assert next(loads) == 0.05
+
+
+def test_the_fixed_cost_budget_is_what_leaves_the_goal_speedup():
+    budget = _extract_bench().fixed_cost_budget(11.3, 1.43, 6.0)
+    assert budget == pytest.approx(11.3 / 6 - 1.43)
+    assert 11.3 / (1.43 + budget) == pytest.approx(6.0)  # spending exactly the budget is the goal
