@@ -167,6 +167,12 @@ def _add_source_flags(parser):
                        help="after extracting, delete raw pages of all but the last N runs (default: keep all)")
 
 
+def _add_build_flags(parser):
+    parser.add_argument("--full-refresh", action="store_true",
+                        help="rebuild every model from raw, even the unchanged ones and those kept up to date run "
+                             "by run (incremental: by_run), instead of skipping or extending them")
+
+
 def _add_output_flag(parser):
     parser.add_argument("--output", type=Path, default=Path(_env("OUTPUT", "sample_output.json")),
                         help="where the JSON export is written, atomically (default %(default)s; env PIPELINE_OUTPUT)")
@@ -197,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "extract, build, test and export: the whole pipeline",
                   "python pipeline.py run --demo --output out.json")
-    _add_source_flags(run), _add_output_flag(run), _add_warehouse_flags(run), _add_common(run)
+    _add_source_flags(run), _add_build_flags(run), _add_output_flag(run), _add_warehouse_flags(run), _add_common(run)
 
     extract = command("extract", "fetch every page into raw.api_pages (no build, no export)",
                       "python pipeline.py extract --base-url http://127.0.0.1:8000/api")
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", "build the models from the latest landed run, test them, publish them",
                     "python pipeline.py build")
-    _add_warehouse_flags(build), _add_common(build)
+    _add_build_flags(build), _add_warehouse_flags(build), _add_common(build)
 
     test = command("test", "run the data tests against the published models",
                    "python pipeline.py test")
@@ -251,6 +257,7 @@ def _settings(args) -> Settings:
         threads=args.threads,
         memory_limit=args.memory_limit,
         keep_runs=getattr(args, "keep_runs", None),
+        full_refresh=getattr(args, "full_refresh", False),
         sql_dir=args.sql_dir,
         retry=RetryPolicy(attempts=getattr(args, "max_attempts", RetryPolicy.attempts)),
     )

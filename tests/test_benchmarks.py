@@ -85,3 +85,22 @@ def test_a_machine_that_stays_busy_keeps_the_least_disturbed_runs():
 def test_the_fixed_cost_budget_is_what_leaves_the_goal_speedup():
     budget = _extract_bench().fixed_cost_budget(11.3, 1.43, 6.0)
     assert 11.3 / (1.43 + budget) == pytest.approx(6.0)  # spending exactly the budget is the goal
+
+
+def test_history_bench_small():
+    proc = _run(str(BENCH / "history_bench.py"), "--syncs", "3", "--pages", "2", "--per-page", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.strip().startswith("syncs"))
+    assert "build s (kept run by run)" in header and "build s (--full-refresh)" in header and "file MB" in header
+    groups = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()[0][0].isdigit()]
+    assert groups == ["2", "3"]
+
+
+def test_history_bench_groups_cover_every_sync_after_the_first():
+    import importlib
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    bench = importlib.import_module("history_bench")
+    assert bench.groups(20) == [(2, 5), (6, 9), (10, 13), (14, 20)]
+    assert bench.groups(3) == [(2, 2), (3, 3)]

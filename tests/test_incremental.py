@@ -131,8 +131,11 @@ def test_a_resumed_run_stages_the_pages_an_earlier_process_landed(tmp_path):
     ("-- materialized: view\n-- inputs: latest_run\n-- incremental: by_page\n", "for a table with inputs: latest_run"),
     ("-- inputs: all_runs\n-- incremental: by_page\n", "for a table with inputs: latest_run"),
     ("-- inputs: latest_run\n-- incremental: by_day\n", "not 'by_day'"),
+    ("-- materialized: view\n-- incremental: by_run\n", "incremental: by_run is for a table with inputs: all_runs"),
+    ("-- inputs: latest_run\n-- incremental: by_run\n", "incremental: by_run is for a table with inputs: all_runs"),
+    ("-- incremental: by_run\n", r"narrows itself to the runs \{\{ this \}\} does not hold yet"),
 ])
-def test_incremental_by_page_is_only_for_a_latest_run_table(tmp_path, header, message):
+def test_an_incremental_model_is_a_table_of_the_inputs_its_kind_needs(tmp_path, header, message):
     sql = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql)
     (sql / "staging" / "stg_extra.sql").write_text(
@@ -151,6 +154,19 @@ def test_an_incremental_by_page_model_reads_raw_pages_and_no_model(tmp_path):
     )
     with pytest.raises(ModelError, match="reads raw.api_pages, and no other model"):
         Project(sql)
+
+
+def test_a_by_run_models_version_covers_its_incremental_branch_too(tmp_path):
+    sql = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql)
+    path = sql / "staging" / "stg_reqres__past_sightings.sql"
+    before = Project(sql).models["stg_reqres__past_sightings"]
+    path.write_text(path.read_text().replace("and run_id not in (select run_id from {{ this }})",
+                                             "and run_id > (select coalesce(max(run_id), 0) from {{ this }})"))
+    after = Project(sql).models["stg_reqres__past_sightings"]
+    assert after.sql == before.sql and after.incremental_sql != before.incremental_sql
+    assert after.version != before.version
+    assert "from staging.stg_reqres__past_sightings" in after.incremental_sql  # {{ this }}
 
 
 def test_the_batch_sql_reads_the_given_pages_of_the_given_run(tmp_path):

@@ -163,10 +163,12 @@ def test_editing_one_model_re_versions_it_and_its_downstream_only_and_rebuilds_j
     con = duckdb.connect(str(warehouse), read_only=True)
     built = dict(rows(con, "select model, status from meta.model_builds where run_id = 2"))
     con.close()
+    # the past sightings table reads every run (a new one is new input): kept up to date, run by run
     assert {m for m, s in built.items() if s == "built"} == {
-        "int_customers_deduplicated", "int_customers_enriched", "dim_customers", "customer_quality_summary"}
+        "int_customers_deduplicated", "int_customers_enriched", "dim_customers", "customer_quality_summary",
+        "stg_reqres__past_sightings"}
     assert {m for m, s in built.items() if s == "skipped"} == {
-        "stg_pipeline__current_run", "stg_reqres__past_sightings", "stg_reqres__pages", "stg_reqres__users",
+        "stg_pipeline__current_run", "stg_reqres__pages", "stg_reqres__users",
         "int_customers_scored", "int_customer_sightings",
         "quarantined_records"}
 
@@ -195,6 +197,48 @@ def test_history_first_and_last_seen_across_runs_and_keep_runs(tmp_path, api):
     assert rows(con, "select count(*) from raw.runs") == [(4,)]  # the runs table keeps every run
     assert rows(con, "select max(runs_seen) from marts.dim_customers") == [(2,)]
     con.close()
+
+
+def test_past_sightings_are_kept_run_by_run_not_parsed_again_and_match_a_rebuild(tmp_path, api):
+    # stg_reqres__past_sightings (incremental: by_run) parses only the runs it does not hold yet:
+    # after every build it holds what its SQL over raw would give, and a held run's pages are
+    # not read again (checked by changing one after the fact); --full-refresh reads them all
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    rebuild = Project(SQL_DIR).models["stg_reqres__past_sightings"].sql
+
+    def held_and_rebuilt():
+        con = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            return (rows(con, "select * from staging.stg_reqres__past_sightings order by all"),
+                    rows(con, f"select * from ({rebuild}) order by all"))
+        finally:
+            con.close()
+
+    for _ in range(3):
+        orchestrate.run(settings(tmp_path, api.base_url))
+    held, rebuilt = held_and_rebuilt()
+    assert held == rebuilt and {run for run, _, _ in held} == {1, 2}
+    customers = len({customer for _, customer, _ in held})
+    assert customers > 0 and len(held) == 2 * customers
+
+    con = duckdb.connect(str(warehouse))
+    con.execute("""update raw.api_pages set body = '{"page": 1, "data": [{"id": 9001}]}'
+                   where run_id = 1 and page = 1""")
+    con.close()
+    orchestrate.run(settings(tmp_path, api.base_url))  # run 4: adds run 3, keeps runs 1 and 2 as held
+    held, rebuilt = held_and_rebuilt()
+    assert {run for run, _, _ in held} == {1, 2, 3} and len(held) == 3 * customers
+    assert 9001 not in {customer for _, customer, _ in held}
+    assert 9001 in {customer for _, customer, _ in rebuilt}
+
+    result = run_cli("build", "--full-refresh", "--warehouse", str(warehouse))
+    assert result.returncode == 0, result.stderr
+    held, rebuilt = held_and_rebuilt()
+    assert held == rebuilt and (1, 9001) in {(run, customer) for run, customer, _ in held}
+
+    orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))  # run 5: runs 1-3 lose their pages
+    held, rebuilt = held_and_rebuilt()
+    assert held == rebuilt and {run for run, _, _ in held} == {4}
 
 
 def test_every_published_table_and_column_has_a_comment(tmp_path, api):

@@ -55,6 +55,7 @@ class Settings:
     threads: int | None = None
     memory_limit: str | None = None
     keep_runs: int | None = None
+    full_refresh: bool = False  # rebuild every model from raw (unchanged and incremental ones too)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sql_dir: Path = SQL_DIR
     docs: bool = True  # write the data docs page after a successful build
@@ -304,7 +305,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 progress.line("build: models and data tests")
                 try:
                     result = Runner(con, project, run_id, log=progress.line,
-                                    staged=_staged_tables(stager, progress) if stager else None).build_and_publish()
+                                    staged=_staged_tables(stager, progress) if stager else None,
+                                    ).build_and_publish(force=settings.full_refresh)
                 except BaseException as exc:
                     if run_id is not None:
                         _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)

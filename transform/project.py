@@ -12,6 +12,11 @@ A model's header comment documents it (shown as DuckDB COMMENTs, so DBeaver show
     -- grain: one row per customer_id
     -- materialized: table            (or view)
     -- column customer_id: what it means
+
+Two kinds of table are kept up to date instead of rebuilt whole (``-- incremental:``):
+``by_page`` (staged batch by batch while a run's pages land, ``transform.incremental``) and
+``by_run`` (each run's rows come from that run's raw pages alone: a build adds the rows of
+runs it does not hold yet, dbt-style, with ``{% if is_incremental() %}`` and ``{{ this }}``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ MATERIALIZATIONS = ("table", "view")
 
 _HEADER_KEY = re.compile(r"^--\s*(grain|materialized|inputs|incremental)\s*:\s*(.+?)\s*$", re.IGNORECASE)
 INPUTS = ("latest_run", "all_runs")
-INCREMENTAL = ("by_page",)
+INCREMENTAL = ("by_page", "by_run")
 # What source() reads while a run's pages are staged batch by batch (``incremental: by_page``):
 # that run's pages of the batch, and that run as it will read once its extraction completes.
 BATCH_SOURCES = {
@@ -56,8 +61,10 @@ class Model:
     materialized: str = "table"
     columns: dict[str, str] = field(default_factory=dict)
     inputs: str = "all_runs"  # which raw data a source-reading model depends on
-    incremental: str = ""  # "by_page": each row comes from one raw page alone (see Project.batch_sql)
+    incremental: str = ""  # "by_page": each row comes from one raw page alone (see Project.batch_sql);
+    # "by_run": each run's rows from that run's pages alone (see Runner._build_by_run)
     sql: str = ""
+    incremental_sql: str = ""  # by_run: the SQL with is_incremental() true (the rows of runs not held yet)
     refs: set[str] = field(default_factory=set)
     sources: set[tuple[str, str]] = field(default_factory=set)
     version: str = ""
@@ -181,11 +188,12 @@ class Project:
                     )
                 if inputs not in INPUTS:
                     raise ModelError(f"{self._rel(path)}: inputs must be one of {', '.join(INPUTS)}, not {inputs!r}")
-                if incremental and (incremental not in INCREMENTAL or materialized != "table" or inputs != "latest_run"):
-                    raise ModelError(
-                        f"{self._rel(path)}: incremental: by_page is for a table with inputs: latest_run"
-                        + (f" (not {incremental!r})" if incremental not in INCREMENTAL else "")
-                    )
+                if incremental and incremental not in INCREMENTAL:
+                    raise ModelError(f"{self._rel(path)}: incremental must be one of {', '.join(INCREMENTAL)}, "
+                                     f"not {incremental!r}")
+                needs = {"by_page": "latest_run", "by_run": "all_runs"}.get(incremental)
+                if needs and (materialized != "table" or inputs != needs):
+                    raise ModelError(f"{self._rel(path)}: incremental: {incremental} is for a table with inputs: {needs}")
                 self.models[name] = Model(name, layer, path, template, description, grain, materialized,
                                           columns, inputs, incremental)
         if not self.models:
@@ -210,10 +218,10 @@ class Project:
             return self._env
         self._loader = _Texts()
         env = jinja2.Environment(loader=self._loader, bytecode_cache=_bytecode_cache(), **ENV_OPTIONS)
-        self._rendering: list[tuple[Path, set, set]] = []
+        self._rendering: list[tuple[Path, set, set, bool]] = []  # (path, refs, sources, is_incremental)
 
         def ref(name: str) -> str:
-            path, refs, _ = self._rendering[-1]
+            path, refs = self._rendering[-1][:2]
             if name not in self.models:
                 known = ", ".join(sorted(self.models))
                 raise ModelError(f"{self._rel(path)}: ref('{name}') names no model (models: {known})")
@@ -221,7 +229,7 @@ class Project:
             return self.models[name].relation
 
         def source(schema: str, table: str) -> str:
-            path, _, sources = self._rendering[-1]
+            path, _, sources = self._rendering[-1][:3]
             if (schema, table) not in SOURCES:
                 known = ", ".join(f"{s}.{t}" for s, t in sorted(SOURCES))
                 raise ModelError(f"{self._rel(path)}: source('{schema}', '{table}') is not a source ({known})")
@@ -230,7 +238,10 @@ class Project:
                 return self._batch_sources[(schema, table)]
             return f"{schema}.{table}"
 
-        env.globals.update(ref=ref, source=source)
+        def is_incremental() -> bool:
+            return self._rendering[-1][3]
+
+        env.globals.update(ref=ref, source=source, is_incremental=is_incremental)
         for macro_path, macro_text in self.macros:
             try:
                 module = self._template(env, macro_text, macro_path).make_module()
@@ -255,17 +266,20 @@ class Project:
         except jinja2.TemplateSyntaxError:
             return env.from_string(text)  # raises the same error, without the cache key as its file name
 
-    def render(self, template: str, path: Path) -> tuple[str, set[str], set[tuple[str, str]]]:
-        """Render one template; returns (sql, refs it used, sources it used).
+    def render(self, template: str, path: Path, this: str | None = None,
+               incremental: bool = False) -> tuple[str, set[str], set[tuple[str, str]]]:
+        """Render one template; returns (sql, refs it used, sources it used). ``this``: the
+        model's own relation; ``incremental``: what ``is_incremental()`` answers.
 
         A project's templates render the same every time (ref, source and the macros are
         fixed once loaded), so each is compiled and rendered once: Jinja compiles a template
         in ~4 ms, which the docs and the runner's change detection would otherwise pay again.
         """
         with self._lock:
-            cached = self._rendered.get((template, path))
+            key = (template, path, this, incremental)
+            cached = self._rendered.get(key)
             if cached is None:
-                cached = self._rendered[(template, path)] = self._render(template, path)
+                cached = self._rendered[key] = self._render(template, path, this, incremental)
         sql, refs, sources = cached
         return sql, set(refs), set(sources)
 
@@ -282,20 +296,21 @@ class Project:
         with self._lock:
             self._batch_sources = BATCH_SOURCES
             try:
-                sql, _, sources = self._render(model.template, model.path)
+                sql, _, sources = self._render(model.template, model.path, model.relation)
             finally:
                 self._batch_sources = None
         if not sources <= set(BATCH_SOURCES):
             raise ModelError(f"{self._rel(model.path)}: an incremental: by_page model reads only raw.api_pages and raw.runs")
         return sql
 
-    def _render(self, template: str, path: Path) -> tuple[str, set[str], set[tuple[str, str]]]:
+    def _render(self, template: str, path: Path, this: str | None = None,
+                incremental: bool = False) -> tuple[str, set[str], set[tuple[str, str]]]:
         env = self._environment()
         refs: set[str] = set()
         sources: set[tuple[str, str]] = set()
-        self._rendering.append((path, refs, sources))
+        self._rendering.append((path, refs, sources, incremental))
         try:
-            sql = self._template(env, template, path).render()
+            sql = self._template(env, template, path).render(**({"this": this} if this else {}))
         except ModelError:
             raise
         except jinja2.TemplateError as exc:
@@ -308,12 +323,19 @@ class Project:
 
     def _render_all(self) -> None:
         for model in self.models.values():
-            model.sql, model.refs, model.sources = self.render(model.template, model.path)
+            model.sql, model.refs, model.sources = self.render(model.template, model.path, model.relation)
             if model.name in model.refs:
                 raise ModelError(f"{self._rel(model.path)}: model {model.name} refs itself")
-            if model.incremental and (model.refs or ("raw", "api_pages") not in model.sources):
+            if model.incremental == "by_page" and (model.refs or ("raw", "api_pages") not in model.sources):
                 raise ModelError(f"{self._rel(model.path)}: an incremental: by_page model reads raw.api_pages, "
                                  "and no other model")
+            if model.incremental == "by_run":
+                model.incremental_sql, refs, sources = self.render(model.template, model.path, model.relation, True)
+                model.refs |= refs
+                model.sources |= sources
+                if model.incremental_sql == model.sql:
+                    raise ModelError(f"{self._rel(model.path)}: an incremental: by_run model narrows itself to the "
+                                     "runs {{ this }} does not hold yet, under {% if is_incremental() %}")
         for query in [*self.tests.values(), *self.queries.values()]:
             query.sql, query.refs, _ = self.render(query.template, query.path)
 
@@ -329,7 +351,8 @@ class Project:
     def _version_all(self) -> None:
         for model in self.order:
             parents = [self.models[p].version for p in sorted(model.refs)]
-            model.version = _hash(model.sql, model.materialized, *parents)
+            both = (model.sql, model.incremental_sql) if model.incremental == "by_run" else (model.sql,)
+            model.version = _hash(*both, model.materialized, *parents)
 
     # -- graph helpers ------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class ModelResult:
     status: str  # built | skipped
     rows: int | None
     seconds: float
+    how: str = ""  # how it was built, when not from scratch (for the log)
 
 
 @dataclass
@@ -165,14 +166,18 @@ class Runner:
                     self.log(f"  {model.relation}: unchanged (version {model.version}, {why}): skipped")
                     continue
                 building = model.name
-                results.append(self._build(model, kinds.get((model.schema, model.name)), staged.get(model.name)))
+                existing = kinds.get((model.schema, model.name))
+                if model.incremental == "by_run" and not force and existing == "table" \
+                        and published.get(model.name, ("",))[0] == model.version:
+                    results.append(self._build_by_run(model))
+                else:
+                    results.append(self._build(model, existing, staged.get(model.name)))
                 building = None
                 crash_point("mid-build")
                 built = results[-1]
                 rows = "" if built.rows is None else f", {built.rows:,} rows"
-                how = ", staged while its pages landed" if model.name in staged else ""
                 self.log(f"  {model.relation}: built {model.materialized} "
-                         f"(version {model.version}{rows}, {built.seconds:.2f}s{how})")
+                         f"(version {model.version}{rows}, {built.seconds:.2f}s{built.how})")
             tests = self.run_tests()
             failing = [t for t in tests if t.status != "pass"]
             if failing:
@@ -197,7 +202,7 @@ class Runner:
                 self.con.execute(f"alter table {staged} rename to {model.name}")
                 rows = self.con.execute(f"select count(*) from {model.relation}").fetchone()[0]
                 return ModelResult(model.name, model.relation, model.version, "built", rows,
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started, ", staged while its pages landed")
             if existing and existing != model.materialized:
                 self.con.execute(f"drop {existing} {model.relation}")
             created = self.con.execute(f"create or replace {model.materialized} {model.relation} as {model.sql}")
@@ -206,6 +211,29 @@ class Runner:
             raise ModelError(f"model {model.name} failed to build ({_error_line(self.project, model.path, exc)})") from None
         seconds = time.perf_counter() - started
         return ModelResult(model.name, model.relation, model.version, "built", rows, seconds)
+
+    def _build_by_run(self, model: Model) -> ModelResult:
+        """An ``incremental: by_run`` table built before under this same version: kept, not rebuilt.
+
+        Each run's rows come from that run's raw pages alone, and a run's pages never change
+        once its extraction completed, so the rows of runs the table holds stay right. The
+        build drops the rows of runs whose pages are gone (``--keep-runs`` pruned them: a
+        rebuild from raw would not have them either) and adds those of the runs it does not
+        hold yet (the model's SQL with ``is_incremental()`` true). The result is the table a
+        rebuild from raw would give, for the cost of the new runs only, where a rebuild
+        parses every earlier run's pages again. ``--full-refresh`` rebuilds it anyway.
+        """
+        started = time.perf_counter()
+        try:
+            dropped = self.con.execute(
+                f"delete from {model.relation} where run_id not in (select distinct run_id from raw.api_pages)"
+            ).fetchone()[0]
+            added = self.con.execute(f"insert into {model.relation} by name ({model.incremental_sql})").fetchone()[0]
+            rows = self.con.execute(f"select count(*) from {model.relation}").fetchone()[0]
+        except duckdb.Error as exc:
+            raise ModelError(f"model {model.name} failed to build ({_error_line(self.project, model.path, exc)})") from None
+        how = f", incremental: {added:,} rows added" + (f", {dropped:,} of pruned runs dropped" if dropped else "")
+        return ModelResult(model.name, model.relation, model.version, "built", rows, time.perf_counter() - started, how)
 
     # -- tests ---------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
 -- Customer ids seen by earlier runs (every completed run but the latest), read from their raw pages.
 -- The latest run's ids come from stg_reqres__users instead, which has parsed them already.
+-- Kept, not rebuilt: a build parses only the pages of runs the table does not hold yet, so a
+-- daily sync does not get slower with every run before it.
 -- grain: one row per (run_id, customer_id) over every completed run before the latest
--- materialized: view
+-- materialized: table
 -- inputs: all_runs
+-- incremental: by_run
 -- column run_id: The run that received the id.
 -- column customer_id: The API's id as an integer (records without a usable id are left out).
 -- column seen_at: When the first page carrying the id in that run was fetched (UTC).
@@ -26,6 +29,10 @@ extracted_runs as (
     from runs
     where extracted_at is not null
         and run_id != {{ latest_extracted_run() }}
+        {%- if is_incremental() %}
+        -- the runs held already: their pages have not changed since
+        and run_id not in (select run_id from {{ this }})
+        {%- endif %}
 
 ),
 
