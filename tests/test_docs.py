@@ -202,6 +202,8 @@ def test_models_section_documents_every_model_with_columns_sql_and_tests(site):
         card = cards[model.name]
         assert sql_blocks[model.name] == model.sql  # escaped, and decodes back to the exact SQL
         assert model.description in card.text and model.grain in card.text
+        assert ("incremental: " in card.text) == bool(model.incremental)
+        assert f"incremental: {model.incremental}" in card.text or not model.incremental
         for column, comment in model.columns.items():
             assert column in card.text and comment in card.text, (model.name, column)
     assert "dim_customers__customer_id_unique" in cards["dim_customers"].text

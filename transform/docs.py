@@ -1003,7 +1003,8 @@ def _models_section(project: Project, w: _Warehouse, targets: dict[str, set[str]
 <p>{esc(model.description)}</p>
 <dl>
 <dt>grain</dt><dd>{esc(model.grain) or "—"}</dd>
-<dt>materialized</dt><dd>{esc(model.materialized)}{" · inputs: " + esc(model.inputs) if model.sources else ""}</dd>
+<dt>materialized</dt><dd>{esc(model.materialized)}{" · inputs: " + esc(model.inputs) if model.sources else ""}{
+    " · incremental: " + esc(model.incremental) if model.incremental else ""}</dd>
 <dt>current version</dt><dd><code>{esc(model.version)}</code> (hash of the rendered SQL and its parents' versions)</dd>
 <dt>in the warehouse</dt><dd>{published}</dd>
 <dt>last build</dt><dd>{last}</dd>
