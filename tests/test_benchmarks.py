@@ -88,12 +88,15 @@ def test_the_fixed_cost_budget_is_what_leaves_the_goal_speedup():
 
 
 def test_history_bench_small():
-    proc = _run(str(BENCH / "history_bench.py"), "--syncs", "3", "--pages", "2", "--per-page", "10")
+    proc = _run(str(BENCH / "history_bench.py"), "--syncs", "3", "--pages", "2", "--per-page", "10",
+                "--merge-row-groups")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.strip().startswith("syncs"))
-    assert "build s (kept run by run)" in header and "build s (--full-refresh)" in header and "file MB" in header
-    groups = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()[0][0].isdigit()]
-    assert groups == ["2", "3"]
+    assert header.split() == ["syncs", "way", "build", "s", "run", "s", "slowest", "run", "s", "file", "MB"]
+    table = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()[0][0].isdigit()]
+    ways = ["as it runs", "--full-refresh", "row groups merged"]
+    assert [(row[0], " ".join(row[1:-4])) for row in table] == [(sync, way) for sync in ("2", "3") for way in ways]
+    assert all(float(row[-1]) > 0 for row in table)  # the file's size
 
 
 def test_history_bench_groups_cover_every_sync_after_the_first():

@@ -241,6 +241,30 @@ def test_past_sightings_are_kept_run_by_run_not_parsed_again_and_match_a_rebuild
     assert held == rebuilt and {run for run, _, _ in held} == {4}
 
 
+def test_each_sync_keeps_its_pages_in_row_groups_of_their_own_and_pruning_drops_them(tmp_path, api):
+    # max_vacuum_tasks 0: a checkpoint does not merge the syncs' row groups (rewriting the pages
+    # of every sync before), and a row group --keep-runs empties is still dropped
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+
+    def runs_per_row_group():
+        con = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            stats = rows(con, """select row_group_id, stats from pragma_storage_info('raw.api_pages')
+                                 where column_name = 'run_id' and segment_type <> 'VALIDITY' order by 1""")
+        finally:
+            con.close()
+        groups = {}
+        for group, segment in stats:  # the segment's min and max run_id
+            groups.setdefault(group, set()).update({int(segment["min"]), int(segment["max"])})
+        return sorted(sorted(runs) for runs in groups.values())
+
+    for _ in range(3):
+        orchestrate.run(settings(tmp_path, api.base_url))
+    assert runs_per_row_group() == [[1], [2], [3]]
+    orchestrate.run(settings(tmp_path, api.base_url, keep_runs=1))
+    assert runs_per_row_group() == [[4]]
+
+
 def test_every_published_table_and_column_has_a_comment(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)

@@ -124,7 +124,12 @@ class WarehouseConfig:
 
 
 def _duckdb_config(config: WarehouseConfig) -> dict:
-    settings: dict = {"storage_compatibility_version": config.storage_version}
+    # max_vacuum_tasks 0: a checkpoint never merges a table's small row groups into bigger
+    # ones. Each sync appends its pages to raw.api_pages as a row group of its own; with
+    # merging on, every checkpoint rewrote the bodies of the syncs before it until the merged
+    # group was full (benchmarks/history_bench.py --merge-row-groups). Row groups a delete
+    # empties (--keep-runs) are still dropped and their blocks freed.
+    settings: dict = {"storage_compatibility_version": config.storage_version, "max_vacuum_tasks": 0}
     if config.threads:
         settings["threads"] = config.threads
     if config.memory_limit:
