@@ -221,13 +221,19 @@ def test_past_sightings_are_kept_run_by_run_not_parsed_again_and_match_a_rebuild
     customers = len({customer for _, customer, _ in held})
     assert customers > 0 and len(held) == 2 * customers
 
+    sql = copy_sql(tmp_path)  # run 4's build fails a data test: what it added is rolled back
+    (sql / "tests" / "always_fails.sql").write_text("select customer_id from {{ ref('dim_customers') }}\n")
+    with pytest.raises(DataTestError):
+        orchestrate.run(settings(tmp_path, api.base_url, sql_dir=sql))
+    assert held_and_rebuilt()[0] == held
+
     con = duckdb.connect(str(warehouse))
     con.execute("""update raw.api_pages set body = '{"page": 1, "data": [{"id": 9001}]}'
                    where run_id = 1 and page = 1""")
     con.close()
-    orchestrate.run(settings(tmp_path, api.base_url))  # run 4: adds run 3, keeps runs 1 and 2 as held
+    orchestrate.run(settings(tmp_path, api.base_url))  # run 5: adds runs 3 and 4, keeps 1 and 2 as held
     held, rebuilt = held_and_rebuilt()
-    assert {run for run, _, _ in held} == {1, 2, 3} and len(held) == 3 * customers
+    assert {run for run, _, _ in held} == {1, 2, 3, 4} and len(held) == 4 * customers
     assert 9001 not in {customer for _, customer, _ in held}
     assert 9001 in {customer for _, customer, _ in rebuilt}
 
@@ -236,9 +242,9 @@ def test_past_sightings_are_kept_run_by_run_not_parsed_again_and_match_a_rebuild
     held, rebuilt = held_and_rebuilt()
     assert held == rebuilt and (1, 9001) in {(run, customer) for run, customer, _ in held}
 
-    orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))  # run 5: runs 1-3 lose their pages
+    orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))  # run 6: runs 1-4 lose their pages
     held, rebuilt = held_and_rebuilt()
-    assert held == rebuilt and {run for run, _, _ in held} == {4}
+    assert held == rebuilt and {run for run, _, _ in held} == {5}
 
 
 def test_each_sync_keeps_its_pages_in_row_groups_of_their_own_and_pruning_drops_them(tmp_path, api):
