@@ -198,12 +198,18 @@ def test_models_section_documents_every_model_with_columns_sql_and_tests(site):
     for pre in page.find("pre", "sql"):
         card = next(a for a in reversed(pre.ancestors) if "model" in a.classes)
         sql_blocks[card.attrs["data-model"]] = pre.text
+    materialized = {}  # model -> its card's "materialized" entry
+    for i, element in enumerate(page.elements):
+        if element.tag == "dt" and element.text == "materialized":
+            card = next(a for a in reversed(element.ancestors) if "model" in a.classes)
+            materialized[card.attrs["data-model"]] = next(e for e in page.elements[i + 1:] if e.tag == "dd").text
     for model in project.models.values():
         card = cards[model.name]
         assert sql_blocks[model.name] == model.sql  # escaped, and decodes back to the exact SQL
         assert model.description in card.text and model.grain in card.text
-        assert ("incremental: " in card.text) == bool(model.incremental)
-        assert f"incremental: {model.incremental}" in card.text or not model.incremental
+        assert materialized[model.name] == model.materialized + (
+            f" · inputs: {model.inputs}" if model.sources else "") + (
+            f" · incremental: {model.incremental}" if model.incremental else "")
         for column, comment in model.columns.items():
             assert column in card.text and comment in card.text, (model.name, column)
     assert "dim_customers__customer_id_unique" in cards["dim_customers"].text
