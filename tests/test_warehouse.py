@@ -478,8 +478,10 @@ def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind, requ
 # -- compatibility with older readers ----------------------------------------------------------------
 
 
-def _old_duckdb() -> Path | None:
-    for candidate in (os.environ.get("PIPELINE_TEST_DUCKDB_1_1"), ROOT / ".ci" / "duckdb-1.1", "/work/duckdb-1.1"):
+def _old_duckdb(minor: str) -> Path | None:
+    """A folder holding the Python client DuckDB ``minor`` (e.g. "1.0"), installed with pip --target."""
+    env = os.environ.get(f"PIPELINE_TEST_DUCKDB_{minor.replace('.', '_')}")
+    for candidate in (env, ROOT / ".ci" / f"duckdb-{minor}", f"/work/duckdb-{minor}"):
         if candidate and (Path(candidate) / "duckdb").is_dir():
             return Path(candidate).resolve()
     return None
@@ -506,19 +508,52 @@ print(json.dumps({
 """
 
 
-def test_duckdb_1_1_opens_the_warehouse_read_only(tmp_path, api):
-    old = _old_duckdb()
-    if old is None:
-        pytest.skip("duckdb==1.1.3 not installed (.ci/run installs it into .ci/duckdb-1.1)")
-    summary = orchestrate.run(settings(tmp_path, api.base_url))
+def _read_with(old: Path, warehouse: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(old)}
-    result = subprocess.run([sys.executable, "-c", READER, str(tmp_path / "warehouse" / "customers.duckdb")],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run([sys.executable, "-c", READER, str(warehouse)], capture_output=True, text=True, env=env,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
-    assert seen["version"].startswith("1.1.")
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("minor, release", [("1.0", "1.0.0"), ("1.1", "1.1.3")])
+def test_an_older_duckdb_opens_the_warehouse_read_only(tmp_path, api, minor, release):
+    old = _old_duckdb(minor)
+    if old is None:
+        pytest.skip(f"duckdb=={release} not installed (.ci/run installs it into .ci/duckdb-{minor})")
+    summary = orchestrate.run(settings(tmp_path, api.base_url))
+    seen = _read_with(old, tmp_path / "warehouse" / "customers.duckdb")
+    assert seen["version"].startswith(minor + ".")
     assert seen["customers"] == summary.metadata["total_customers"] == seen["view_rows"]
     assert sum(seen["buckets"]) == seen["customers"] and seen["pages"] == summary.pages
+
+
+def test_a_warehouse_whose_runs_table_has_a_primary_key_loses_it_and_keeps_its_rows(tmp_path, api):
+    # earlier versions made raw.runs with a primary key, which DuckDB 1.0 cannot read
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    orchestrate.run(settings(tmp_path, api.base_url))
+    con = duckdb.connect(str(warehouse))
+    con.execute("create table raw.runs_copy as from raw.runs")
+    con.execute("delete from raw.runs")
+    con.execute("alter table raw.runs add primary key (run_id)")
+    con.execute("insert into raw.runs select * from raw.runs_copy")
+    con.execute("drop table raw.runs_copy")
+    before = rows(con, "select * from raw.runs order by run_id")
+    assert rows(con, "select has_primary_key from duckdb_tables() where schema_name = 'raw' and table_name = 'runs'") \
+        == [(True,)]
+    con.close()
+    orchestrate.run(settings(tmp_path, api.base_url))
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select has_primary_key, comment is not null from duckdb_tables() "
+                     "where schema_name = 'raw' and table_name = 'runs'") == [(False, True)]
+    assert rows(con, "select * from raw.runs where run_id = 1") == before
+    assert rows(con, "select run_id, status from raw.runs order by run_id") == [(1, "succeeded"), (2, "succeeded")]
+    assert rows(con, "select column_default from duckdb_columns() where schema_name = 'raw' "
+                     "and table_name = 'runs' and column_name = 'resumes'") == [("0",)]
+    con.close()
+    old = _old_duckdb("1.0")
+    if old is not None:
+        assert _read_with(old, warehouse)["version"].startswith("1.0.")
 
 
 def test_duckdb_1_5_cli_opens_the_warehouse_read_only(tmp_path, api):

@@ -24,9 +24,12 @@ from extract.errors import RunLockedError, WarehouseError
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "meta")
 
 # The tables the pipeline itself writes. Models own everything in staging/intermediate/marts.
+# No primary keys (nor unique constraints): DuckDB 1.0 cannot open a file whose index DuckDB
+# 2.0 wrote, even at storage version v1.0.0 ("Failed to deserialize ... field id: 103"). run_id is
+# unique because runs are numbered under the run lock (RunLock), one writer at a time.
 FIXED_DDL = """
 create table if not exists raw.runs (
-    run_id              integer primary key,
+    run_id              integer not null,
     started_at          timestamptz not null,
     finished_at         timestamptz,
     status              varchar not null,
@@ -225,21 +228,27 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """
     schemas = {row[0] for row in con.execute(
         "select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
-    comments = dict(con.execute(
+    tables = {name: (comment, keyed) for name, comment, keyed in con.execute(
         """
-        select schema_name || '.' || table_name, comment from duckdb_tables()
+        select schema_name || '.' || table_name, comment, has_primary_key from duckdb_tables()
         where database_name = current_database() and schema_name in ('raw', 'meta')
         """
-    ).fetchall())
-    if set(SCHEMAS) <= schemas and all(comments.get(t) == c for t, c in FIXED_COMMENTS.items()):
+    ).fetchall()}
+    keyed = [name for name in FIXED_COMMENTS if tables.get(name, (None, False))[1]]
+    if set(SCHEMAS) <= schemas and not keyed \
+            and all(tables.get(t, (None,))[0] == c for t, c in FIXED_COMMENTS.items()):
         return
     # one transaction, one script: the tables appear together (and one commit is ~10 ms less
-    # than one per statement on a new warehouse)
+    # than one per statement on a new warehouse). A table an earlier version made with a key
+    # (raw.runs had a primary key) is made again as FIXED_DDL says, its rows copied over.
+    aside = [f"alter table {name} rename to {name.split('.')[1]}__keyed" for name in keyed]
+    copy = [statement for name in keyed for statement in (
+        f"insert into {name} by name select * from {name}__keyed", f"drop table {name}__keyed")]
     con.execute("begin transaction")
     try:
-        con.execute(";\n".join([*(f"create schema if not exists {schema}" for schema in SCHEMAS), FIXED_DDL,
-                                 *(f"comment on table {table} is {sql_literal(comment)}"
-                                   for table, comment in FIXED_COMMENTS.items())]))
+        con.execute(";\n".join([*(f"create schema if not exists {schema}" for schema in SCHEMAS), *aside, FIXED_DDL,
+                                 *copy, *(f"comment on table {table} is {sql_literal(comment)}"
+                                          for table, comment in FIXED_COMMENTS.items())]))
         con.execute("commit")
     except BaseException:
         with contextlib.suppress(duckdb.Error):  # a failed commit has ended the transaction already
