@@ -131,14 +131,16 @@ def test_a_page_that_always_fails_names_the_page_and_keeps_the_last_good_state(t
     export_before, marts_before = _good_run(tmp_path)
     with DemoAPI(dataset="reqres", faults=[Fault(page=2, attempt=0, kind="500")]) as api:
         started = time.monotonic()
-        result = run_cli("run", "--base-url", api.base_url, "--per-page", "4",
+        # three attempts, not the default six: the same path, without ~10 s of real back-off
+        result = run_cli("run", "--base-url", api.base_url, "--per-page", "4", "--max-attempts", "3",
                          "--warehouse", str(tmp_path / "warehouse" / "customers.duckdb"),
                          "--output", str(tmp_path / "out.json"), "--quiet")
         elapsed = time.monotonic() - started
+        asked = len(api.page_requests(2))
     assert result.returncode == 1
-    assert elapsed < 120
+    assert elapsed < 60 and asked == 3
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: page 2:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: page 2: gave up after 3 attempts"), result.stderr
     assert "HTTP 500" in lines[0] and "Traceback" not in result.stderr
     assert (tmp_path / "out.json").read_bytes() == export_before
     assert mart_rows(tmp_path / "warehouse" / "customers.duckdb") == marts_before
