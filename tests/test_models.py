@@ -253,6 +253,12 @@ def test_customer_quality_summary_counts_per_bucket(con):
         ("medium", 1, pytest.approx(0.2), pytest.approx(80.0), 0, 0, 0),
         ("low", 1, pytest.approx(0.2), pytest.approx(60.0), 1, 0, 1),
     ]
+    # the bucket is the same ENUM as dim_customers': sorting by it goes high, medium, low
+    assert rows(con, "select quality_bucket from marts.customer_quality_summary order by quality_bucket desc") == [
+        ("low",), ("medium",), ("high",)]
+    assert rows(con, "select distinct data_type from information_schema.columns where column_name = 'quality_bucket' "
+                     "and table_name in ('customer_quality_summary', 'dim_customers')") == [
+        ("ENUM('high', 'medium', 'low')",)]
 
 
 def test_customer_quality_summary_shows_empty_buckets_as_zero(con):

@@ -16,7 +16,9 @@ customers as (
 
 buckets as (
 
-    select * from (values ('high', 1), ('medium', 2), ('low', 3)) as buckets (quality_bucket, bucket_order)
+    -- the bucket type itself, as in dim_customers: order by quality_bucket goes high, medium, low
+    select cast(unnest(enum_range(null::{{ value_set('quality_bucket') }})) as {{ value_set('quality_bucket') }})
+        as quality_bucket
 
 ),
 
@@ -24,7 +26,6 @@ per_bucket as (
 
     select
         buckets.quality_bucket,
-        buckets.bucket_order,
         count(customers.customer_id) as customers,
         round(avg(customers.data_quality_score), 2) as avg_data_quality_score,
         count(*) filter (where list_contains(customers.quality_issues, 'missing_email')) as missing_email,
@@ -33,7 +34,7 @@ per_bucket as (
     from buckets
     left join customers
         on buckets.quality_bucket = customers.quality_bucket
-    group by buckets.quality_bucket, buckets.bucket_order
+    group by buckets.quality_bucket
 
 ),
 
@@ -48,7 +49,7 @@ final as (
         invalid_email,
         missing_avatar
     from per_bucket
-    order by bucket_order
+    order by quality_bucket
 
 )
 
