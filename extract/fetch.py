@@ -221,6 +221,12 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
             pending[pool.submit(client.get_page, number)] = number
 
     empty_seen: int | None = None
+    # An API whose total_pages keeps growing while its pages repeat would page forever: from the
+    # last page page 1 planned on, each page's records are kept (as JSON) until the next page's
+    # arrive, and a grown page that repeats the one before it ends the run there, as the
+    # sequential path ends on a repeated page.
+    tail: dict[int, str] = {}
+    ended_at: int | None = None
     try:
         plan(2, total_pages)
         refill()
@@ -229,8 +235,21 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
             for future in done:
                 del pending[future]
                 page = future.result()  # an ApiError here fails the run (after the flush below)
+                if ended_at is not None and page.page > ended_at:
+                    continue  # asked for before the repeat was seen: past the end
+                if page.page >= total_pages and page.records:
+                    tail[page.page] = json.dumps(page.records, sort_keys=True)
+                    if page.page > total_pages and tail.get(page.page - 1) == tail[page.page]:
+                        result.warn(f"page {page.page} repeats page {page.page - 1} although total_pages "
+                                    f"grew to {planned}; treating it as the end")
+                        ended_at = planned = result.pages_expected = page.page - 1
+                        to_fetch.clear()
+                        continue
+                    tail.pop(page.page - 2, None)
                 lander.add(page)
                 reported = total_pages_of(page.payload)
+                if ended_at is not None:
+                    continue
                 if reported is not None and reported > planned:
                     if reported > MAX_PAGES:
                         raise ApiError(f"page {page.page} reports {reported} pages; more than the {MAX_PAGES} allowed")

@@ -123,6 +123,17 @@ def test_an_api_that_repeats_its_last_page_with_total_pages_stops_at_total_pages
     assert result.records_landed == 23
 
 
+def test_an_api_whose_total_pages_grows_with_every_repeated_page_stops(con):
+    # every page says there is one more, and pages past the real last repeat it: not forever
+    records = RECORDS[:10]  # 2 full pages of 5
+    with ScriptedAPI(paged(records, total_pages=lambda page, real: page + 1, repeat_last=True)) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3]
+    assert landed(con) == [(1, 5), (2, 5)]
+    assert result.records_landed == 10 and result.pages_expected == 2
+    assert any(w.startswith("page 3 repeats page 2 although total_pages grew to 3") for w in result.warnings)
+
+
 def test_empty_first_page_and_data_null_stop_at_once(con):
     with ScriptedAPI(lambda r: (200, {}, {"page": 1, "total_pages": 4, "data": None})) as api:
         result = extract_with(con, api.base_url)
