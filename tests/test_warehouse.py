@@ -301,17 +301,20 @@ def test_every_published_table_and_column_has_a_comment(tmp_path, api):
 
 HOLDER = """
 import duckdb, sys, time
-con = duckdb.connect(sys.argv[1])
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[3:] == ["read_only"])
 print("holding", flush=True)
 time.sleep(float(sys.argv[2]))
 """
 
 
-def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then_recover(tmp_path, api):
+@pytest.mark.parametrize("mode", ["read_write", "read_only"])
+def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then_recover(tmp_path, api, mode):
+    # a read-only connection holds the file too: the message must not suggest one as the cure
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"
     before = snapshot(warehouse)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30", mode], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         requests_before = len(api.requests)
@@ -326,6 +329,7 @@ def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then
     assert result.returncode == 1
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and f"PID {holder.pid}" in errors[0] and "--lock-timeout" in errors[0]
+    assert "read-only connections hold it too" in errors[0]
     assert 2 <= elapsed < 15
     after = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
                     "--output", str(tmp_path / "out.json"), "--quiet")
@@ -369,6 +373,24 @@ def test_the_warehouse_is_seen_as_held_without_being_opened(tmp_path, mode):
     (tmp_path / "small.duckdb").write_bytes(b"x" * 100)
     assert not opens_without_waiting(tmp_path / "small.duckdb")
     assert not opens_without_waiting(tmp_path)  # a directory
+
+
+def test_a_warehouse_damaged_inside_is_reported_as_damaged_at_once_not_as_locked(tmp_path, api):
+    # DuckDB's corruption message speaks of a "block": that is not a lock worth waiting for
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    with open(warehouse, "r+b") as fh:
+        fh.seek(3 * 4096)
+        fh.write(b"\xa5" * (256 * 1024))
+    damaged = warehouse.read_bytes()
+    started = time.monotonic()
+    result = run_cli("status", "--warehouse", str(warehouse), "--lock-timeout", "5")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "cannot be opened as a DuckDB database" in errors[0], result.stderr
+    assert "lock" not in errors[0].replace("block", "") and elapsed < 4
+    assert warehouse.read_bytes() == damaged  # left untouched
 
 
 def test_a_run_waits_for_a_short_lived_holder(tmp_path, api):

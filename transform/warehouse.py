@@ -162,7 +162,9 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
             return con
         except duckdb.Error as exc:
             message = str(exc)
-            if "lock" not in message.lower():
+            # DuckDB's own words for a file another process holds ("block" in a corruption
+            # message is not one: a damaged file is not worth waiting for)
+            if "could not set lock" not in message.lower() and "conflicting lock" not in message.lower():
                 raise WarehouseError(_damaged_message(path, message)) from None
             if time.monotonic() >= deadline:
                 raise WarehouseError(_locked_message(path, message, config.lock_timeout)) from None
@@ -206,9 +208,9 @@ def _locked_message(path: Path, message: str, timeout: float) -> str:
     holder = _LOCK_HOLDER.search(message)
     who = f"{holder['prog']} (PID {holder['pid']})" if holder else "another process"
     return (
-        f"warehouse {path} is locked by {who} and was not released within {timeout:g}s: "
-        "close that connection (in DBeaver: Disconnect, or set the connection read-only; "
-        "in the DuckDB CLI: open it with -readonly) and run again, or raise --lock-timeout"
+        f"warehouse {path} is open in {who} and was not released within {timeout:g}s: "
+        "a sync needs the file to itself, and read-only connections hold it too; close that "
+        "connection (in DBeaver: Disconnect; in the DuckDB CLI: .quit) and run again, or raise --lock-timeout"
     )
 
 
