@@ -14,8 +14,10 @@ def redact(text: str, *secrets: str | None) -> str:
         return text
     for secret in secrets:
         if secret and len(secret) >= 4:
-            # the key as typed, and as it looks URL-encoded in a query string
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            # the key as typed, as it looks URL-encoded in a query string, and escaped as
+            # Python shows a string with control characters in it ('\r', '\n')
+            escaped = secret.encode("unicode_escape").decode("ascii")
+            for form in {secret, quote(secret, safe=""), quote_plus(secret), escaped}:
                 text = text.replace(form, MASK)
     return text
 

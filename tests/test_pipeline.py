@@ -182,6 +182,38 @@ def test_key_sent_as_header_and_stored_nowhere_on_success(tmp_path):
             assert key.encode() not in path.read_bytes(), path
 
 
+def test_a_key_read_with_its_line_break_works_and_one_with_a_break_inside_is_refused_unshown(tmp_path):
+    # a key from a file with Windows line endings ends in "\r\n": stripped, it is the key; a
+    # break inside it cannot be sent, and requests' error would have repeated the key
+    key = "sk-live-abcdef123456"
+    with DemoAPI(dataset="reqres", faults="none", api_key=key) as api:
+        ok = run_cli("run", "--base-url", api.base_url, "--per-page", "5", "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(tmp_path / "out.json"), env={"PIPELINE_API_KEY": key + "\r\n"})
+        assert ok.returncode == 0, ok.stderr
+        assert api.requests and all(r.headers_had_api_key for r in api.requests)
+        asked = len(api.requests)
+        bad = run_cli("run", "--base-url", api.base_url, "--warehouse", str(tmp_path / "w2.duckdb"),
+                      "--output", str(tmp_path / "out2.json"), env={"PIPELINE_API_KEY": "sk-live-abc\ndef123456"})
+        assert len(api.requests) == asked  # refused before any request
+    assert bad.returncode == 2
+    errors = error_lines(bad.stderr)
+    assert len(errors) == 1 and "API key contains a line break" in errors[0]
+    for part in ("sk-live-abc", "def123456"):
+        assert part not in bad.stdout + bad.stderr
+    assert not (tmp_path / "w2.duckdb").exists()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_the_key_is_redacted_also_as_python_escapes_it():
+    from extract.redact import redact
+
+    key = "sk-secret-123\r"
+    assert redact(f"Invalid leading whitespace in header value: {key!r}", key) == \
+        "Invalid leading whitespace in header value: '***'"
+
+
 # -- the CLI: bad input is one line and a non-zero exit --------------------------------------------
 
 

@@ -62,6 +62,13 @@ class Settings:
     docs_output: Path | None = None  # default: <warehouse folder>/docs/index.html
 
     def validate(self) -> None:
+        if self.api_key is not None:
+            # a key read from a file often ends in a line break; one inside it could never be
+            # sent as a header (and requests would repeat the key in its error): never shown
+            self.api_key = self.api_key.strip() or None
+            if self.api_key and any(ord(c) < 32 or ord(c) == 127 for c in self.api_key):
+                raise UsageError("the API key contains a line break or another control character "
+                                 "(it is not shown here); check where it is read from")
         parts = urlsplit(self.base_url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--base-url must be an http(s) URL like {DEFAULT_BASE_URL}, not {self.base_url!r}")
