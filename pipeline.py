@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -317,6 +318,14 @@ def _print_status(info: dict, as_json: bool) -> None:
         print(f"  {status:<4} {test}" + (f" ({failing} failing rows)" if failing else ""))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron's and orchestrators' stop): unwinds like Ctrl-C, so the run is marked failed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo-api"]:
@@ -328,6 +337,7 @@ def main(argv=None) -> int:
         return demo_main(rest)
     secret = os.environ.get(ENV_PREFIX + "API_KEY")
     debug = "--debug" in argv
+    previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         settings = _settings(args)
@@ -364,9 +374,10 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         print(f"error: {redact(str(exc), secret)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; the last good warehouse and export are unchanged", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `pipeline.py status | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -376,6 +387,8 @@ def main(argv=None) -> int:
         print(f"error: unexpected {exc.__class__.__name__}: {redact(str(exc), secret)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import FAST_RETRY, dicts, error_lines, run_cli, settings
+from conftest import FAST_RETRY, ROOT, dicts, error_lines, rows, run_cli, settings
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError, UsageError
 from pipeline import run_pipeline
@@ -373,6 +376,28 @@ def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
     assert result.returncode == 1
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and "api.invalid cannot be reached from here" in errors[0] and "--demo" in errors[0]
+
+
+def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
+    # cron and orchestrators stop a job with SIGTERM: it unwinds like Ctrl-C, and the run is
+    # marked failed (not left 'running' until the next run notices)
+    warehouse = tmp_path / "w.duckdb"
+    with DemoAPI(dataset="scale", customers=3000, faults="none", latency=0.05) as api:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "pipeline.py"), "run", "--base-url", api.base_url, "--per-page", "25",
+             "--concurrency", "2", "--warehouse", str(warehouse), "--output", str(tmp_path / "out.json"), "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(api.requests) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert error_lines(err) == ["error: terminated (SIGTERM); the last good warehouse and export are unchanged"]
+    assert "Traceback" not in err and not (tmp_path / "out.json").exists()
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select status, failed_stage, error from raw.runs") == [("failed", "extract", "Terminated")]
+    con.close()
 
 
 def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
