@@ -185,6 +185,27 @@ def test_key_sent_as_header_and_stored_nowhere_on_success(tmp_path):
             assert key.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.parametrize("command", ["build", "export", "test"])
+def test_a_step_that_reads_a_warehouse_that_is_not_there_is_one_line_and_makes_no_file(tmp_path, command):
+    result = run_cli(command, "--warehouse", str(tmp_path / "none.duckdb"),
+                     *(["--output", str(tmp_path / "o.json")] if command == "export" else []))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [f"error: no warehouse at {tmp_path / 'none.duckdb'} yet: "
+                                          "run `python pipeline.py run` first"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_before_any_build_is_one_line(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        assert run_cli("extract", "--base-url", api.base_url, "--warehouse", str(warehouse), "-q").returncode == 0
+    result = run_cli("export", "--warehouse", str(warehouse), "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [f"error: nothing is published in {warehouse} yet: "
+                                          "run `python pipeline.py build` (or `run`) first"]
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_a_key_read_with_its_line_break_works_and_one_with_a_break_inside_is_refused_unshown(tmp_path):
     # a key from a file with Windows line endings ends in "\r\n": stripped, it is the key; a
     # break inside it cannot be sent, and requests' error would have repeated the key

@@ -19,7 +19,7 @@ import duckdb
 
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
-from extract.errors import PipelineError, UsageError
+from extract.errors import PipelineError, UsageError, WarehouseError
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo
@@ -29,7 +29,8 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import RunLock, WarehouseConfig, connect, ensure_schema, opens_without_waiting, utcnow
+from .warehouse import (RunLock, WarehouseConfig, connect, ensure_schema, opens_without_waiting, require_warehouse,
+                        utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -250,6 +251,8 @@ def _prune(con, keep_runs: int) -> int:
 def run(settings: Settings, steps=("extract", "build", "export"), progress: Progress | None = None) -> RunSummary:
     """Run the given steps under the warehouse's run lock; raise PipelineError on failure."""
     settings.validate()
+    if "extract" not in steps:  # build or export alone: of a warehouse a run made
+        require_warehouse(Path(settings.warehouse))
     if "export" in steps:
         export_mod.check_output_path(Path(settings.output))
     progress = progress or Progress(quiet=settings.quiet)
@@ -282,6 +285,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 first_page = prefetch_first_page(client)
             project = loading.result() if loading is not None else None
             ensure_schema(con)
+            if "export" in steps and "build" not in steps:
+                _require_published(con, project, Path(settings.warehouse))
             _close_dead_runs(con)
             run_id = None
             if "extract" in steps:
@@ -454,6 +459,20 @@ def _staged_tables(stager: PageStager, progress: Progress):
     return staged
 
 
+def _require_published(con, project: Project, path: Path) -> None:
+    """``export`` alone reads the published marts: none yet is one line, not a catalog error."""
+    needed = {project.models[name].relation for query in project.queries.values() for name in query.refs}
+    present = {f"{schema}.{name}" for schema, name in con.execute(
+        """
+        select schema_name, table_name from duckdb_tables() where database_name = current_database()
+        union all
+        select schema_name, view_name from duckdb_views() where database_name = current_database()
+        """).fetchall()}
+    if not needed <= present:
+        raise WarehouseError(f"nothing is published in {path} yet: run `python pipeline.py build` "
+                             "(or `run`) first")
+
+
 def _record_final(con, final: dict) -> None:
     con.execute(
         "update raw.runs set status = ?, finished_at = ?, customers_exported = ?, export_path = ? where run_id = ?",
@@ -501,6 +520,7 @@ def write_docs_only(settings: Settings) -> Path:
 def run_tests_only(settings: Settings) -> list:
     """Run the data tests against the published models (no build, no publish)."""
     project = Project(settings.sql_dir)
+    require_warehouse(Path(settings.warehouse))
     con = connect(settings.warehouse_config)
     try:
         ensure_schema(con)

@@ -140,13 +140,19 @@ def _duckdb_config(config: WarehouseConfig) -> dict:
     return settings
 
 
+def require_warehouse(path: Path) -> None:
+    """For the steps that read what a run made: a missing file is one line, not an empty new one."""
+    if not Path(path).exists():
+        raise WarehouseError(f"no warehouse at {path} yet: run `python pipeline.py run` first")
+
+
 def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, waiting up to ``lock_timeout`` s for another process to let go."""
     path = Path(config.path)
     if path.exists() and path.is_dir():
         raise WarehouseError(f"warehouse path {path} is a directory, not a DuckDB file")
-    if read_only and not path.exists():
-        raise WarehouseError(f"no warehouse at {path} yet: run `python pipeline.py run` first")
+    if read_only:
+        require_warehouse(path)
     if not read_only:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
