@@ -195,6 +195,18 @@ def test_a_step_that_reads_a_warehouse_that_is_not_there_is_one_line_and_makes_n
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_folder_that_refuses_files_fails_before_any_work(tmp_path):
+    # /proc passes os.access for root, yet takes no files: found out before anything is published
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(tmp_path / "w.duckdb"),
+                         "--output", "/proc/customers.json")
+        assert api.requests == []
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: output folder /proc is not writable"), result.stderr
+    assert not (tmp_path / "w.duckdb").exists()
+
+
 def test_export_before_any_build_is_one_line(tmp_path):
     warehouse = tmp_path / "w.duckdb"
     with DemoAPI(dataset="reqres", faults="none") as api:

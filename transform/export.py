@@ -45,6 +45,13 @@ def check_output_path(output: Path) -> None:
         raise ExportError(f"output folder {parent} is not writable")
     if output.exists() and not os.access(output, os.W_OK):
         raise ExportError(f"output file {output} is not writable")
+    # os.access answers yes to root everywhere, and /proc or a read-only mount say no only
+    # when written to: make (and remove) the kind of file the export writes, before any work
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ExportError(f"output folder {parent} is not writable ({exc.strerror or exc})") from None
 
 
 def metadata(con: duckdb.DuckDBPyConnection, project: Project) -> dict:
