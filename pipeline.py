@@ -266,7 +266,8 @@ def _settings(args) -> Settings:
 
 def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
     meta = summary.metadata
-    parts = [f"run {summary.run_id} {summary.status} in {summary.seconds:.1f}s"]
+    who = f"run {summary.run_id}" if summary.run_id is not None else "export"  # export alone names no run
+    parts = [f"{who} {summary.status} in {summary.seconds:.1f}s"]
     if summary.pages:
         parts.append(f"{summary.pages} pages, {summary.records} records, {summary.requests} requests, {summary.retries} retries")
     if summary.built or summary.skipped:
