@@ -337,15 +337,17 @@ def main(argv=None) -> int:
             rest = rest[1:]
         return demo_main(rest)
     secret = os.environ.get(ENV_PREFIX + "API_KEY")
+    secrets = (secret,)
     debug = "--debug" in argv
     previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         settings = _settings(args)
         secret = settings.api_key
+        secrets = (secret, secret.strip()) if secret else (secret,)  # Settings.validate strips the key
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         for handler in logging.getLogger().handlers:
-            handler.addFilter(RedactingFilter(secret))
+            handler.addFilter(RedactingFilter(*secrets))
         progress = Progress(quiet=args.quiet)
         if args.command in ("run", "extract"):
             steps = ("extract", "build", "export") if args.command == "run" else ("extract",)
@@ -373,7 +375,7 @@ def main(argv=None) -> int:
             _print_status(orchestrate.status(settings, args.runs), args.json)
         return 0
     except PipelineError as exc:
-        print(f"error: {redact(str(exc), secret)}", file=sys.stderr)
+        print(f"error: {redact(str(exc), *secrets)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -385,7 +387,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug: still one line, traceback on request
         if debug:
             traceback.print_exc()
-        print(f"error: unexpected {exc.__class__.__name__}: {redact(str(exc), secret)} "
+        print(f"error: unexpected {exc.__class__.__name__}: {redact(str(exc), *secrets)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     finally:
