@@ -195,7 +195,10 @@ class Warehouse:
                 if parent not in needed:
                     needed.add(parent)
                     stack.append(parent)
-        self.tables = [m for m in self.project.order if m.name in needed and m.materialized == "table"]
+        # an incremental: by_run table holds the runs before the latest: each example is one
+        # run, so it stays as made here (empty), as the runner would keep it
+        self.tables = [m for m in self.project.order
+                       if m.name in needed and m.materialized == "table" and m.incremental != "by_run"]
         self.run_id = 0
         land_records(self.con, [[]], run_id=0, started_at=STARTED)
         for model in self.project.order:
