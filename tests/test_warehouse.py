@@ -92,6 +92,22 @@ def test_a_failing_data_test_publishes_nothing(tmp_path, api):
     con.close()
 
 
+def test_after_a_failed_build_the_views_still_describe_the_published_run(tmp_path, api):
+    # the views are live SQL over published tables: the run they describe is published with the
+    # marts (stg_pipeline__current_run is a table), so a failed build does not show through them
+    orchestrate.run(settings(tmp_path, api.base_url))
+    sql = copy_sql(tmp_path)
+    (sql / "tests" / "always_fails.sql").write_text("select customer_id from {{ ref('dim_customers') }}\n")
+    with pytest.raises(DataTestError):
+        orchestrate.run(settings(tmp_path, api.base_url, sql_dir=sql))
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select run_id, status from raw.runs order by 1") == [(1, "succeeded"), (2, "failed")]
+    for relation in ("staging.stg_pipeline__current_run", "intermediate.int_customers_enriched",
+                     "intermediate.int_customer_sightings", "marts.dim_customers"):
+        assert rows(con, f"select distinct run_id from {relation}") == [(1,)], relation
+    con.close()
+
+
 def test_a_model_with_a_sql_error_names_the_file_and_line_and_publishes_nothing(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"
@@ -163,12 +179,13 @@ def test_editing_one_model_re_versions_it_and_its_downstream_only_and_rebuilds_j
     con = duckdb.connect(str(warehouse), read_only=True)
     built = dict(rows(con, "select model, status from meta.model_builds where run_id = 2"))
     con.close()
-    # the past sightings table reads every run (a new one is new input): kept up to date, run by run
+    # the current run and the past sightings are tables that read every run (a new one is new
+    # input): the current run is made again, the past sightings kept up to date run by run
     assert {m for m, s in built.items() if s == "built"} == {
         "int_customers_deduplicated", "int_customers_enriched", "dim_customers", "customer_quality_summary",
-        "stg_reqres__past_sightings"}
+        "stg_reqres__past_sightings", "stg_pipeline__current_run"}
     assert {m for m, s in built.items() if s == "skipped"} == {
-        "stg_pipeline__current_run", "stg_reqres__pages", "stg_reqres__users",
+        "stg_reqres__pages", "stg_reqres__users",
         "int_customers_scored", "int_customer_sightings",
         "quarantined_records"}
 
