@@ -262,6 +262,7 @@ def test_the_key_is_redacted_also_as_python_escapes_it():
         (["--concurrency", "0"], "--concurrency must be a whole number from 1"),
         (["--per-page", "ten"], "argument --per-page: invalid int value"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--demo", "--per-page", "0"], "--per-page must be a whole number from 1"),  # before the demo banner
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
