@@ -328,7 +328,7 @@ def test_resume_fetches_only_missing_pages(tmp_path):
 
 
 def test_resume_after_sigkill_mid_extraction_matches_an_uninterrupted_run(tmp_path):
-    with DemoAPI(dataset="scale", customers=3000, faults="none", latency=0.05) as api:
+    with DemoAPI(dataset="scale", customers=3000, faults="none", latency=0.02) as api:
         reference = tmp_path / "ref"
         reference.mkdir()
         orchestrate.run(settings(reference, api.base_url, per_page=25, concurrency=2))
