@@ -158,7 +158,8 @@ def _add_source_flags(parser):
                                          "default: none; env PIPELINE_MAX_REQUESTS_PER_MINUTE)")
     group.add_argument("--max-attempts", type=int, default=_env_int("MAX_ATTEMPTS", RetryPolicy.attempts), metavar="N",
                        help="tries per page before the run fails, for 429/5xx/timeouts/bad bodies; waits grow "
-                            "exponentially (with jitter) up to 30 s (default %(default)s; env PIPELINE_MAX_ATTEMPTS)")
+                            "exponentially (with jitter) up to 30 s; a host that does not resolve or refuses before it has "
+                            "answered once gets 2 (default %(default)s; env PIPELINE_MAX_ATTEMPTS)")
     group.add_argument("--resume", action="store_true",
                        help="continue the last run if it failed during extraction: fetch only the pages it "
                             "did not land, then build and export as usual")

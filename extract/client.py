@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,13 +67,55 @@ class Page:
 
 
 class TransientError(Exception):
-    """A failure worth retrying; ``retry_after`` is the server's requested wait, if any."""
+    """A failure worth retrying; ``retry_after`` is the server's requested wait, if any.
 
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+    ``unreachable``: the host's name did not resolve or nothing listens on its port.
+    """
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None,
+                 unreachable: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+def _causes(exc: BaseException):
+    """``exc`` and what it wraps: requests' ConnectionError holds urllib3's MaxRetryError, whose
+    ``reason`` is the NameResolutionError or NewConnectionError raised over the socket's error."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
+        todo.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+
+
+def connection_failure(exc: requests.exceptions.ConnectionError, url: str) -> TransientError:
+    """A readable reason for a connection that did not happen (not urllib3's repr), and whether
+    the host is unreachable: an unknown name or a refused connection. The host named is the
+    one the connection was for: a proxy's, when the request went through one."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or url, parts.port
+    for cause in _causes(exc):
+        conn = getattr(cause, "conn", None)
+        if getattr(conn, "host", None):
+            host, port = conn.host, getattr(conn, "port", port)
+            break
+    if isinstance(exc, requests.exceptions.ProxyError):
+        host = f"proxy {host}"
+    causes = list(_causes(exc))
+    if any(isinstance(c, socket.gaierror) or c.__class__.__name__ == "NameResolutionError" for c in causes):
+        return TransientError(f"cannot resolve host {host}", unreachable=True)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return TransientError(f"connection refused by {host}{f':{port}' if port else ''}", unreachable=True)
+    text = str(exc) or exc.__class__.__name__
+    return TransientError(f"could not connect ({text if len(text) <= 160 else text[:157] + '...'})")
 
 
 class ApiSession(requests.Session):
@@ -188,6 +231,7 @@ class ApiClient:
         self._sessions: list[ApiSession] = []
         self._sessions_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._answered = threading.Event()  # the API has answered once (any HTTP status)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -282,12 +326,13 @@ class ApiClient:
                 body = response.text  # reads the whole body: a truncated one raises here
             except requests.exceptions.Timeout as exc:
                 raise TransientError(f"timed out ({exc.__class__.__name__})")
-            except requests.exceptions.ConnectionError as exc:
-                raise TransientError(f"could not connect ({self._short(exc)})")
             except requests.exceptions.ChunkedEncodingError as exc:
                 raise TransientError(f"the body was cut off ({self._short(exc)})")
             except requests.exceptions.ContentDecodingError as exc:
                 raise TransientError(f"the body could not be decoded ({self._short(exc)})")
+            except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is a Timeout, above
+                raise connection_failure(exc, url) from None
+            self._answered.set()
             status = response.status_code
             if status == 429 or status == 408 or status >= 500:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -344,7 +389,7 @@ class ApiClient:
         """Fetch one page, retrying transient failures; raise ApiError naming the page."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(self.policy.attempts),
+            stop=tenacity.stop_any(tenacity.stop_after_attempt(self.policy.attempts), self._never_reached),
             wait=self._wait,
             sleep=self._sleep,
             reraise=True,
@@ -352,17 +397,30 @@ class ApiClient:
         try:
             result = retrying(self._attempt, page)
         except TransientError as exc:
-            raise ApiError(self._give_up_message(page, exc)) from None
+            raise ApiError(self._give_up_message(page, exc, retrying.statistics.get("attempt_number", 1))) from None
         result.attempts = retrying.statistics.get("attempt_number", 1)
         return result
 
-    def _give_up_message(self, page: int, exc: TransientError) -> str:
-        message = (
-            f"page {page}: gave up after {self.policy.attempts} attempts, last: {exc.reason} "
-            f"({self._shown_url(page)})"
-        )
-        if exc.status is None and "could not connect" in exc.reason:
-            host = urlsplit(self.base_url).hostname or self.base_url
-            if host not in ("127.0.0.1", "localhost", "::1"):
+    def _never_reached(self, retry_state: tenacity.RetryCallState) -> bool:
+        """Stop after the second try when the host is unknown or refuses, and has not answered
+        in this run: a typo in --base-url or a machine without network, not a blip, and worth
+        one line now rather than ~12 s of backoff. Once the API has answered, the same failures
+        are retried in full (a server restarting, a resolver hiccup)."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return (retry_state.attempt_number >= 2 and getattr(exc, "unreachable", False)
+                and not self._answered.is_set())
+
+    def _give_up_message(self, page: int, exc: TransientError, attempts: int) -> str:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        host = urlsplit(self.base_url).hostname or self.base_url
+        local = host in ("127.0.0.1", "localhost", "::1")
+        if exc.unreachable:
+            message = f"page {page}: {exc.reason} ({tries}, {self._shown_url(page)}): " + (
+                "check the proxy settings (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)" if " proxy " in exc.reason
+                else "check --base-url and that the API is running" if local
+                else "check --base-url and the network, or try --demo")
+        else:
+            message = f"page {page}: gave up after {tries}, last: {exc.reason} ({self._shown_url(page)})"
+            if exc.status is None and "could not connect" in exc.reason and not local:
                 message += f"; {host} cannot be reached from here: check the network, or try --demo"
         return self._redact(message)

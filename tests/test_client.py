@@ -97,6 +97,33 @@ def test_a_page_that_keeps_failing_names_the_page_and_the_last_error():
     assert str(raised.value).startswith(f"page 2: gave up after {FAST_RETRY.attempts} attempts, last: HTTP 503")
 
 
+def test_a_host_that_does_not_resolve_stops_after_two_tries_with_its_name():
+    # .invalid never resolves (RFC 2606): a typo in --base-url, or a machine without network
+    client = ApiClient("http://api.invalid/api", 6, policy=FAST_RETRY, sleep=lambda s: None)
+    with pytest.raises(ApiError) as raised:
+        client.get_page(1)
+    assert client.stats.requests == 2
+    assert str(raised.value).startswith("page 1: cannot resolve host api.invalid (2 attempts, http://api.invalid/")
+    assert "Error(" not in str(raised.value) and "--demo" in str(raised.value)
+
+
+def test_a_refused_connection_stops_early_only_until_the_api_has_answered():
+    with ScriptedAPI(lambda r: (200, {}, page_body(r.page, 6, [{"id": r.page}], total_pages=9))) as api:
+        port = api.base_url.split(":")[2].split("/")[0]
+        client = ApiClient(api.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None)
+        client.get_page(1)
+    client.close()  # its kept-alive connection too: the server is gone now
+    # a restart, say, not a wrong address, since it answered this run: retried in full
+    with pytest.raises(ApiError) as raised:
+        client.get_page(2)
+    assert client.stats.requests == 1 + FAST_RETRY.attempts
+    assert str(raised.value).startswith(f"page 2: connection refused by 127.0.0.1:{port} ({FAST_RETRY.attempts} attempts")
+    never = ApiClient(api.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None)
+    with pytest.raises(ApiError, match=f"connection refused by 127.0.0.1:{port} .2 attempts.*API is running"):
+        never.get_page(1)
+    assert never.stats.requests == 2
+
+
 @pytest.mark.parametrize("body", ["[1, 2]", '{"page": 1}', '{"data": {"id": 1}}', "", "null"])
 def test_a_200_that_is_not_a_page_is_retried(body):
     with ScriptedAPI(lambda r: (200, {}, body)) as api:
@@ -149,7 +176,7 @@ def test_a_redirect_to_another_host_takes_that_host_s_proxy_from_the_environment
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, [{"id": 1}], total_pages=1)), host="localhost") as other:
         with ScriptedAPI(_redirecting(other.base_url.replace("/api", ""))) as origin:
-            with pytest.raises(ApiError, match="could not connect"):
+            with pytest.raises(ApiError, match=f"connection refused by proxy 127.0.0.1:{closed} .*proxy settings"):
                 ApiClient(origin.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
             assert origin.requests  # the base URL itself was reached directly
         assert other.requests == []  # the redirect was not sent around the proxy

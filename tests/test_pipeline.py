@@ -274,13 +274,18 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
 
 
 def test_unreachable_host_is_one_clear_line(tmp_path):
-    # port 9 on loopback: nothing listens, the connection is refused at once
-    result = run_cli("run", "--base-url", "http://127.0.0.1:9/api", "--max-attempts", "3",
+    # port 9 on loopback: nothing listens, the connection is refused at once; the API never
+    # answered this run, so after a second try the run stops (default --max-attempts, 6)
+    result = run_cli("run", "--base-url", "http://127.0.0.1:9/api",
                      "--warehouse", str(tmp_path / "w.duckdb"),
                      "--output", str(tmp_path / "o.json"), env={"PIPELINE_LOCK_TIMEOUT": "1"}, timeout=90)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: page 1: gave up after") and "could not connect" in lines[-1]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: page 1: connection refused by 127.0.0.1:9 (2 attempts, http://127.0.0.1:9/api/")
+    assert "check --base-url and that the API is running" in errors[0]
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert rows(con, "select status, requests from raw.runs") == [("failed", 2)]
     assert not (tmp_path / "o.json").exists()
 
 
@@ -405,11 +410,14 @@ def test_export_in_place_and_copied_give_the_same_document(tmp_path, monkeypatch
 
 def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
     # .invalid never resolves (RFC 2606): what a machine without network sees for reqres.in
-    result = run_cli("run", "--base-url", "https://api.invalid/api", "--max-attempts", "1",
+    result = run_cli("run", "--base-url", "https://api.invalid/api",
                      "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"), timeout=90)
     assert result.returncode == 1
     errors = error_lines(result.stderr)
-    assert len(errors) == 1 and "api.invalid cannot be reached from here" in errors[0] and "--demo" in errors[0]
+    assert len(errors) == 1 and errors[0].startswith("error: page 1: cannot resolve host api.invalid (2 attempts")
+    assert errors[0].endswith("check --base-url and the network, or try --demo")
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert rows(con, "select status, requests from raw.runs") == [("failed", 2)]
 
 
 def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
