@@ -284,7 +284,8 @@ def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
     if summary.docs:
         print(f"data docs: {summary.docs}", file=out)
     for warning in summary.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in summary.warnings_logged:  # not twice: the extraction's were logged live
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 def _print_status(info: dict, as_json: bool) -> None:
@@ -346,6 +347,7 @@ def main(argv=None) -> int:
         settings = _settings(args)
         secret = settings.api_key
         secrets = (secret, secret.strip()) if secret else (secret,)  # Settings.validate strips the key
+        logging.addLevelName(logging.WARNING, "warning")  # as the summary's own lines say it
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactingFilter(*secrets))

@@ -87,3 +87,22 @@ def test_a_200_that_is_always_html_fails_clearly_naming_the_page(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error: page 2: gave up after")
     assert "not valid JSON" in errors[0]
     assert not (tmp_path / "o.json").exists()
+
+
+def test_an_api_short_of_what_it_reported_warns_once_per_fact(tmp_path):
+    # pages 3-5 of 5 come back empty: each warning is one line on stderr, shown as it happens
+    # during the extraction, and not printed a second time by the run's summary
+    def respond(request):
+        if request.page >= 3:
+            return 200, {}, page_body(request.page, 2, [], total_pages=5, total=10)
+        records = [{"id": request.page * 10 + i, "email": f"u{i}@x.io"} for i in range(2)]
+        return 200, {}, page_body(request.page, 2, records, total_pages=5, total=10)
+
+    with ScriptedAPI(respond) as api:
+        result = run_cli("run", "--base-url", api.base_url, "--per-page", "2", "--concurrency", "1",
+                         "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert warnings == ["warning: page 3 of 5 is empty: the API holds fewer records than it reported",
+                        "warning: the API reported 10 records but 4 were received"], result.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["metadata"]["total_customers"] == 4

@@ -105,6 +105,7 @@ class RunSummary:
     built: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    warnings_logged: set[str] = field(default_factory=set)  # shown on stderr as they happened
     pages: int = 0
     records: int = 0
     requests: int = 0
@@ -231,6 +232,7 @@ def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: 
     )
     summary.pages, summary.records = result.pages_landed, result.records_landed
     summary.warnings.extend(result.warnings)
+    summary.warnings_logged.update(result.warnings)  # ExtractResult.warn logs each as it happens
     if result.reported_total is not None and result.records_landed != result.reported_total:
         summary.warnings.append(
             f"the API reported {result.reported_total} records but {result.records_landed} were received"
