@@ -442,32 +442,63 @@ def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
     con.close()
 
 
-def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
-    # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
-    # run failed at 'export', wait for the export thread, and keep the last document
-    real_export = export_mod.export
+def test_ctrl_c_during_the_export_marks_the_run_failed_and_publishes_nothing(tmp_path, monkeypatch):
+    # the export is written inside the build's transaction, before the commit: Ctrl-C there
+    # rolls the build back, marks the run failed at 'export', and keeps the last marts and document
+    real_prepare = export_mod.prepare
     exporting = threading.Event()
 
-    def slow_export(con, project, output, stopping=None):
+    def slow_prepare(con, project, output):
         exporting.set()
         time.sleep(1.0)  # stands for a long COPY
-        return real_export(con, project, output, stopping)
+        return real_prepare(con, project, output)
 
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
         before = (tmp_path / "out.json").read_bytes()
-        monkeypatch.setattr(export_mod, "export", slow_export)
+        monkeypatch.setattr(export_mod, "prepare", slow_prepare)
         threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             orchestrate.run(settings(tmp_path, api.base_url))
     assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
-    time.sleep(1.5)  # had it run on, the thread would have written the document by now
+    time.sleep(1.5)  # had it run on, the export would have been written by now
     assert (tmp_path / "out.json").read_bytes() == before
+    assert [p.name for p in tmp_path.glob(".out.json.*")] == []
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
     run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
+    published = rows(con, "select distinct run_id from marts.dim_customers")
     con.close()
     assert run == ("failed", "export", "KeyboardInterrupt")
+    assert published == [(1,)]
+
+
+def test_a_disk_that_fills_during_the_export_publishes_nothing(tmp_path, monkeypatch):
+    # DESIGN: a failed run does not touch the marts or the last export. The export is written
+    # (to a temp file) before the build commits, so a full disk fails the run while both stand.
+    import errno
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        before = (tmp_path / "out.json").read_bytes()
+        monkeypatch.setattr(export_mod, "_prepend_in_place", disk_full)
+        with pytest.raises(export_mod.ExportError, match="cannot write .*out.json: No space left on device"):
+            orchestrate.run(settings(tmp_path, api.base_url))
+        con = duckdb.connect(str(warehouse), read_only=True)
+        assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+            (1, "succeeded", None), (2, "failed", "export")]
+        assert rows(con, "select distinct run_id from marts.dim_customers") == [(1,)]
+        assert rows(con, "select run_id from staging.stg_pipeline__current_run") == [(1,)]
+        con.close()
+        assert (tmp_path / "out.json").read_bytes() == before
+        assert [p.name for p in tmp_path.glob(".out.json.*")] == []
+        monkeypatch.undo()  # space again: the next run publishes and exports
+        orchestrate.run(settings(tmp_path, api.base_url))
+    assert json.loads((tmp_path / "out.json").read_text())["metadata"]["run_id"] == 3
 
 
 def test_ctrl_c_while_the_docs_are_rendered_records_the_run_as_succeeded_and_leaves_nothing_running(

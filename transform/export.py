@@ -4,11 +4,13 @@
 array straight from DuckDB; the metadata (one row, ``sql/export/metadata.sql``) goes in
 front of it, and the whole document is written to a temp file beside the target, fsynced
 and renamed over it: a reader sees the old document or the new one, never half of one.
-No Python list of customers is ever built.
+No Python list of customers is ever built. A run writes the temp file inside the build's
+transaction (``prepare``) and renames it after the commit (``PreparedExport.publish``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -61,12 +63,41 @@ def metadata(con: duckdb.DuckDBPyConnection, project: Project) -> dict:
     return dict(zip(names, row))
 
 
-def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopping=None) -> dict:
-    """Write the export atomically; returns its metadata.
+class PreparedExport:
+    """A whole export document in a temp file beside its target, not yet in place.
 
-    ``stopping`` (a ``threading.Event``, optional): set by a caller that gives up on the
-    export (Ctrl-C); the document is then not put in place, and the last one stays.
+    ``publish()`` renames it over the target (a reader sees the old document or the new one);
+    ``discard()`` removes it. A run writes it inside the build's transaction, before the
+    commit that publishes the marts: a disk that fills, or a folder that went away, fails the
+    run while the last marts and the last export are both still in place.
     """
+
+    def __init__(self, output: Path, tmp_name: str, metadata: dict):
+        self.output, self.tmp_name, self.metadata = output, tmp_name, metadata
+        self.published = False
+
+    def publish(self, stopping=None) -> dict:
+        try:
+            crash_point("mid-export")
+            if stopping is not None and stopping.is_set():
+                raise ExportError("the export was stopped before it replaced the last document")
+            os.replace(self.tmp_name, self.output)
+            self.published = True
+            _fsync_dir(self.output.parent if str(self.output.parent) else Path("."))
+        except OSError as exc:
+            raise ExportError(f"cannot write {self.output}: {exc.strerror or exc}") from None
+        finally:
+            self.discard()
+        return self.metadata
+
+    def discard(self) -> None:
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp_name)
+
+
+def prepare(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> PreparedExport:
+    """Write the export document to a temp file beside ``output`` (not yet in place)."""
     output = Path(output)
     check_output_path(output)
     if "customers" not in project.queries or "metadata" not in project.queries:
@@ -78,6 +109,7 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopp
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
     array_path = tmp_name + ".customers"
+    done = False
     try:
         con.execute(
             f"copy ({project.queries['customers'].sql}) to {sql_literal(array_path)} (format json, array true)"
@@ -90,22 +122,25 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopp
         else:
             _assemble(tmp_name, prefix + key, array_path, b"\n}\n")
         os.chmod(tmp_name, _file_mode(output))  # mkstemp makes 0600; readers downstream need the usual mode
-        crash_point("mid-export")
-        if stopping is not None and stopping.is_set():
-            raise ExportError("the export was stopped before it replaced the last document")
-        os.replace(tmp_name, output)
-        _fsync_dir(directory)
+        done = True
     except duckdb.Error as exc:
         raise ExportError(f"export query failed: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         raise ExportError(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (tmp_name, array_path):
-            try:
+        for leftover in (array_path,) if done else (tmp_name, array_path):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-    return meta
+    return PreparedExport(output, tmp_name, meta)
+
+
+def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopping=None) -> dict:
+    """Write the export atomically; returns its metadata.
+
+    ``stopping`` (a ``threading.Event``, optional): set by a caller that gives up on the
+    export (Ctrl-C); the document is then not put in place, and the last one stays.
+    """
+    return prepare(con, project, output).publish(stopping)
 
 
 _FALLOC_FL_INSERT_RANGE = 0x20

@@ -261,7 +261,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
     started = time.monotonic()
     summary = RunSummary(run_id=None, status="running")
     lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
-    client = first_page = stager = None
+    client = first_page = stager = prepared = None
     try:
         if lock.stale_holder:
             progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
@@ -317,13 +317,25 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 if stager is None:  # rows a killed run staged while landing are of no use now
                     drop_landing_tables(con, by_page_models(project))
                 progress.line("build: models and data tests")
+                writing_export = False
+
+                def write_export() -> None:
+                    # inside the build's transaction: an export that cannot be written publishes nothing
+                    nonlocal prepared, writing_export
+                    writing_export, started_export = True, time.monotonic()
+                    prepared = export_mod.prepare(con, project, Path(settings.output))
+                    summary.stage_seconds["export"] = time.monotonic() - started_export
+                    writing_export = False
+
                 try:
                     result = Runner(con, project, run_id, log=progress.line,
                                     staged=_staged_tables(stager, progress) if stager else None,
-                                    ).build_and_publish(force=settings.full_refresh)
+                                    ).build_and_publish(force=settings.full_refresh,
+                                                        before_commit=write_export if "export" in steps else None)
                 except BaseException as exc:
                     if run_id is not None:
-                        _fail_run(con, run_id, "build", redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                        _fail_run(con, run_id, "export" if writing_export else "build",
+                                  redact(str(exc), settings.api_key) or exc.__class__.__name__)
                     raise
                 if stager is not None:  # a landing table the build did not publish goes before the checkpoint
                     stager.close()
@@ -331,10 +343,10 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 summary.run_id = summary.run_id or result.input_run_id
                 summary.stage_seconds["build"] = time.monotonic() - stage_started
             # After the publish, the checkpoint writes the run into the file while, on a cursor of
-            # their own, the export is written and the docs page rendered: DuckDB lets readers run
-            # beside a checkpoint (not writers), and on two cores the three overlap where one after
-            # the other they added up. The page shows the run's final status, the row written next,
-            # and is put in place only once that row is committed.
+            # its own, the export (written before the commit) is renamed into place and the docs
+            # page rendered: DuckDB lets readers run beside a checkpoint (not writers), and on two
+            # cores they overlap where one after the other they added up. The page shows the run's
+            # final status, the row written next, and is put in place only once that row is committed.
             final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
                      "finished_at": None, "customers_exported": None, "export_path": None}
             wants_docs = "build" in steps and settings.docs
@@ -344,7 +356,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 if "export" in steps or wants_docs:
                     finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
                         cursor, stopping, project, settings, "export" in steps, wants_docs,
-                        final if run_id is not None else None, summary))
+                        final if run_id is not None else None, summary, prepared))
                 try:
                     con.execute("checkpoint")
                 except duckdb.Error:
@@ -386,6 +398,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 except OSError as exc:
                     summary.warnings.append(f"data docs not written: {exc.strerror or exc}")
         finally:
+            if prepared is not None:
+                prepared.discard()  # a run that failed after writing it: the last export stays
             if stager is not None:
                 stager.close()
             con.close()
@@ -483,13 +497,18 @@ def _record_final(con, final: dict) -> None:
 
 
 def _export_and_render(cursor, stopping, project, settings: Settings, exporting: bool, wants_docs: bool,
-                       final: dict | None, summary: RunSummary) -> tuple[dict, str | None]:
+                       final: dict | None, summary: RunSummary,
+                       prepared: export_mod.PreparedExport | None = None) -> tuple[dict, str | None]:
     """The export (if asked for), then the docs page (if wanted): (the export's metadata, the page).
-    ``final``: the run's status row, filled in here and written by the caller; the page shows it."""
+    ``prepared``: the export the build wrote before its commit, put in place here; without
+    one (``export`` alone), it is written now. ``final``: the run's status row, filled in here
+    and written by the caller; the page shows it."""
     from .docs import render_docs
 
     metadata = {}
-    if exporting:
+    if exporting and prepared is not None:
+        metadata = prepared.publish(stopping)
+    elif exporting:
         started = time.monotonic()
         metadata = export_mod.export(cursor, project, Path(settings.output), stopping)
         summary.stage_seconds["export"] = time.monotonic() - started

@@ -145,7 +145,12 @@ class Runner:
 
     # -- build ---------------------------------------------------------------------------
 
-    def build_and_publish(self, force: bool = False) -> BuildResult:
+    def build_and_publish(self, force: bool = False, before_commit: Callable[[], None] | None = None) -> BuildResult:
+        """Build every model and run the data tests in one transaction; commit (publish) if all pass.
+
+        ``before_commit()``: called inside the transaction once the tests pass (the run writes
+        its export there); if it raises, nothing is published.
+        """
         sources = self._source_states()
         input_run = sources["run_id"]
         if input_run == 0:
@@ -185,6 +190,8 @@ class Runner:
             self._record(results, tests, states, "built")
             self._record_quality()
             self._document({m.model for m in results if m.status == "built"}, set(staged))
+            if before_commit is not None:
+                before_commit()
             crash_point("before-publish")
             self.con.execute("commit")
         except BaseException as exc:
