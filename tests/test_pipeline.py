@@ -442,9 +442,38 @@ def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
     con.close()
 
 
-def test_ctrl_c_during_the_export_marks_the_run_failed_and_publishes_nothing(tmp_path, monkeypatch):
-    # the export is written inside the build's transaction, before the commit: Ctrl-C there
-    # rolls the build back, marks the run failed at 'export', and keeps the last marts and document
+def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
+    # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
+    # run failed at 'export', wait for the export thread, and keep the last document
+    real_export = export_mod.export
+    exporting = threading.Event()
+
+    def slow_export(con, project, output, stopping=None):
+        exporting.set()
+        time.sleep(1.0)  # stands for a long COPY
+        return real_export(con, project, output, stopping)
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        before = (tmp_path / "out.json").read_bytes()
+        monkeypatch.setattr(export_mod, "export", slow_export)
+        threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
+    time.sleep(1.5)  # had it run on, the thread would have written the document by now
+    assert (tmp_path / "out.json").read_bytes() == before
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
+    con.close()
+    assert run == ("failed", "export", "KeyboardInterrupt")
+
+
+def test_ctrl_c_during_an_export_short_of_space_marks_the_run_failed_and_publishes_nothing(tmp_path, monkeypatch):
+    # a disk short of space gets the export inside the build's transaction, before the commit:
+    # Ctrl-C there rolls the build back, marks the run failed at 'export', and keeps the last
+    # marts and document
     real_prepare = export_mod.prepare
     exporting = threading.Event()
 
@@ -457,6 +486,7 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_publishes_nothing(tmp
         orchestrate.run(settings(tmp_path, api.base_url))
         before = (tmp_path / "out.json").read_bytes()
         monkeypatch.setattr(export_mod, "prepare", slow_prepare)
+        monkeypatch.setattr(export_mod, "SPARE_BYTES", 1 << 62)  # no disk has that much free
         threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
@@ -474,8 +504,9 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_publishes_nothing(tmp
 
 
 def test_a_disk_that_fills_during_the_export_publishes_nothing(tmp_path, monkeypatch):
-    # DESIGN: a failed run does not touch the marts or the last export. The export is written
-    # (to a temp file) before the build commits, so a full disk fails the run while both stand.
+    # DESIGN: a failed run does not touch the marts or the last export. A disk short of space
+    # gets the export (a temp file) before the build commits, so when it fills, the run fails
+    # while both stand
     import errno
 
     def disk_full(*args, **kwargs):
@@ -485,7 +516,8 @@ def test_a_disk_that_fills_during_the_export_publishes_nothing(tmp_path, monkeyp
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
         before = (tmp_path / "out.json").read_bytes()
-        monkeypatch.setattr(export_mod, "_prepend_in_place", disk_full)
+        monkeypatch.setattr(export_mod, "SPARE_BYTES", 1 << 62)  # no disk has that much free
+        monkeypatch.setattr(export_mod, "_prepend_in_place", disk_full)  # and this one fills up
         with pytest.raises(export_mod.ExportError, match="cannot write .*out.json: No space left on device"):
             orchestrate.run(settings(tmp_path, api.base_url))
         con = duckdb.connect(str(warehouse), read_only=True)
@@ -499,6 +531,33 @@ def test_a_disk_that_fills_during_the_export_publishes_nothing(tmp_path, monkeyp
         monkeypatch.undo()  # space again: the next run publishes and exports
         orchestrate.run(settings(tmp_path, api.base_url))
     assert json.loads((tmp_path / "out.json").read_text())["metadata"]["run_id"] == 3
+
+
+def test_an_output_folder_gone_during_the_build_publishes_nothing(tmp_path, monkeypatch):
+    # the folder is checked at the start and again just before the commit: gone in between (a
+    # cleanup job, an unmounted share), the run fails at 'export' and the last marts stand
+    from transform.runner import Runner
+
+    output = tmp_path / "exports" / "out.json"
+    output.parent.mkdir()
+    real_tests = Runner.run_tests
+
+    def tests_then_folder_gone(self):
+        results = real_tests(self)
+        output.unlink()
+        output.parent.rmdir()
+        return results
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url, output=output))
+        monkeypatch.setattr(Runner, "run_tests", tests_then_folder_gone)
+        with pytest.raises(export_mod.ExportError, match="output folder .*exports does not exist"):
+            orchestrate.run(settings(tmp_path, api.base_url, output=output))
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+        (1, "succeeded", None), (2, "failed", "export")]
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(1,)]
+    con.close()
 
 
 def test_ctrl_c_while_the_docs_are_rendered_records_the_run_as_succeeded_and_leaves_nothing_running(

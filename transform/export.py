@@ -4,8 +4,9 @@
 array straight from DuckDB; the metadata (one row, ``sql/export/metadata.sql``) goes in
 front of it, and the whole document is written to a temp file beside the target, fsynced
 and renamed over it: a reader sees the old document or the new one, never half of one.
-No Python list of customers is ever built. A run writes the temp file inside the build's
-transaction (``prepare``) and renames it after the commit (``PreparedExport.publish``).
+No Python list of customers is ever built. A run whose output disk is short of space writes
+the temp file inside the build's transaction (``prepare``) and renames it after the commit
+(``PreparedExport.publish``); with room, the whole export comes after the commit.
 """
 
 from __future__ import annotations
@@ -63,13 +64,35 @@ def metadata(con: duckdb.DuckDBPyConnection, project: Project) -> dict:
     return dict(zip(names, row))
 
 
+# A customer's object in the export is ~300 bytes; 1 KiB leaves room for long names and domains.
+BYTES_PER_CUSTOMER = 1024
+# What the output's file system keeps free, beyond the export, for a run to write the export after
+# its commit: the warehouse's checkpoint may be writing to the same disk at that moment.
+SPARE_BYTES = 512 << 20
+
+
+def short_of_space(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> bool:
+    """Whether the output's file system may not hold the export with room to spare.
+
+    A run asks just before its build commits. Short of space, it writes the export there,
+    inside the transaction (``prepare``), so a disk that fills fails the run before anything is
+    published; with room, it writes it after the commit, beside the checkpoint, where it costs
+    the run no time (only something else writing ``SPARE_BYTES`` within that fraction of a
+    second could make it fail after the publish).
+    """
+    customers = sum(con.execute(f"select count(*) from {project.models[name].relation}").fetchone()[0]
+                    for name in sorted(project.queries["customers"].refs))
+    directory = output.parent if str(output.parent) else Path(".")
+    return shutil.disk_usage(directory).free < SPARE_BYTES + customers * BYTES_PER_CUSTOMER
+
+
 class PreparedExport:
     """A whole export document in a temp file beside its target, not yet in place.
 
     ``publish()`` renames it over the target (a reader sees the old document or the new one);
-    ``discard()`` removes it. A run writes it inside the build's transaction, before the
-    commit that publishes the marts: a disk that fills, or a folder that went away, fails the
-    run while the last marts and the last export are both still in place.
+    ``discard()`` removes it. A run short of space (``short_of_space``) writes it inside the
+    build's transaction, before the commit that publishes the marts: a disk that fills then
+    fails the run while the last marts and the last export are both still in place.
     """
 
     def __init__(self, output: Path, tmp_name: str, metadata: dict):

@@ -320,11 +320,17 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 writing_export = False
 
                 def write_export() -> None:
-                    # inside the build's transaction: an export that cannot be written publishes nothing
+                    # Just before the commit: an export that cannot be written must publish nothing.
+                    # The folder is probed again (it may have gone since the start); a disk short of
+                    # space gets the export now, inside the transaction, and one with room after
+                    # the commit, beside the checkpoint (export.short_of_space says why).
                     nonlocal prepared, writing_export
                     writing_export, started_export = True, time.monotonic()
-                    prepared = export_mod.prepare(con, project, Path(settings.output))
-                    summary.stage_seconds["export"] = time.monotonic() - started_export
+                    output = Path(settings.output)
+                    export_mod.check_output_path(output)
+                    if export_mod.short_of_space(con, project, output):
+                        prepared = export_mod.prepare(con, project, output)
+                        summary.stage_seconds["export"] = time.monotonic() - started_export
                     writing_export = False
 
                 try:
@@ -343,8 +349,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 summary.run_id = summary.run_id or result.input_run_id
                 summary.stage_seconds["build"] = time.monotonic() - stage_started
             # After the publish, the checkpoint writes the run into the file while, on a cursor of
-            # its own, the export (written before the commit) is renamed into place and the docs
-            # page rendered: DuckDB lets readers run beside a checkpoint (not writers), and on two
+            # its own, the export is written (or, if written before the commit, renamed into place)
+            # and the docs page rendered: DuckDB lets readers run beside a checkpoint (not writers), and on two
             # cores they overlap where one after the other they added up. The page shows the run's
             # final status, the row written next, and is put in place only once that row is committed.
             final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
