@@ -383,7 +383,15 @@ def main(argv=None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
+        run_id = getattr(exc, "published_run", None)  # set when the build had committed
+        if run_id is None:
+            print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
+        elif getattr(exc, "exported", False):
+            print(f"error: {how} after run {run_id} was published and exported; the data docs page "
+                  "was not written (`python pipeline.py docs` writes it)", file=sys.stderr)
+        else:
+            print(f"error: {how} after run {run_id} was published; the last export is unchanged "
+                  "(`python pipeline.py export` writes the new one)", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `pipeline.py status | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

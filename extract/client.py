@@ -88,7 +88,8 @@ def _causes(exc: BaseException):
     todo = [exc]
     while todo:
         current = todo.pop()
-        if current is None or id(current) in seen:
+        # ssl.SSLError's reason is a string ("CERTIFICATE_VERIFY_FAILED"), not an exception
+        if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
         yield current
@@ -113,7 +114,8 @@ def connection_failure(exc: requests.exceptions.ConnectionError, url: str) -> Tr
     if any(isinstance(c, socket.gaierror) or c.__class__.__name__ == "NameResolutionError" for c in causes):
         return TransientError(f"cannot resolve host {host}", unreachable=True)
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
-        return TransientError(f"connection refused by {host}{f':{port}' if port else ''}", unreachable=True)
+        shown = f"[{host}]" if ":" in host and not host.startswith("proxy ") else host  # an IPv6 address
+        return TransientError(f"connection refused by {shown}{f':{port}' if port else ''}", unreachable=True)
     text = str(exc) or exc.__class__.__name__
     return TransientError(f"could not connect ({text if len(text) <= 160 else text[:157] + '...'})")
 
@@ -401,6 +403,10 @@ class ApiClient:
         result.attempts = retrying.statistics.get("attempt_number", 1)
         return result
 
+    def mark_answered(self) -> None:
+        """The API answered this run already (a resumed run's landed pages): unreachable is a blip."""
+        self._answered.set()
+
     def _never_reached(self, retry_state: tenacity.RetryCallState) -> bool:
         """Stop after the second try when the host is unknown or refuses, and has not answered
         in this run: a typo in --base-url or a machine without network, not a blip, and worth
@@ -417,6 +423,7 @@ class ApiClient:
         if exc.unreachable:
             message = f"page {page}: {exc.reason} ({tries}, {self._shown_url(page)}): " + (
                 "check the proxy settings (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)" if " proxy " in exc.reason
+                else "the API stopped answering during the run" if self._answered.is_set()
                 else "check --base-url and that the API is running" if local
                 else "check --base-url and the network, or try --demo")
         else:

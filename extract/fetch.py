@@ -112,6 +112,8 @@ def extract_run(
     lander = Lander(con, run_id, result, on_landed=on_landed)
 
     first_body = landed_first_page(con, run_id)
+    if already:
+        client.mark_answered()  # a resumed run: the API answered it before, so a refusal is a blip
     if first_body is not None:
         first = json.loads(first_body)
     else:

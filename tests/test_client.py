@@ -107,6 +107,17 @@ def test_a_host_that_does_not_resolve_stops_after_two_tries_with_its_name():
     assert "Error(" not in str(raised.value) and "--demo" in str(raised.value)
 
 
+def test_a_tls_failure_is_retried_and_reported_in_one_line():
+    # https to a plain-HTTP server: the handshake fails (ssl.SSLError, whose reason is a string)
+    with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, [{"id": 1}], total_pages=1))) as api:
+        client = ApiClient(api.base_url.replace("http://", "https://"), 6, policy=FAST_RETRY, sleep=lambda s: None)
+        with pytest.raises(ApiError) as raised:
+            client.get_page(1)
+    assert client.stats.requests == FAST_RETRY.attempts
+    assert str(raised.value).startswith(f"page 1: gave up after {FAST_RETRY.attempts} attempts, last: could not connect (")
+    assert "SSL" in str(raised.value)
+
+
 def test_a_refused_connection_stops_early_only_until_the_api_has_answered():
     with ScriptedAPI(lambda r: (200, {}, page_body(r.page, 6, [{"id": r.page}], total_pages=9))) as api:
         port = api.base_url.split(":")[2].split("/")[0]

@@ -327,6 +327,19 @@ def test_resume_fetches_only_missing_pages(tmp_path):
     con.close()
 
 
+def test_a_resumed_run_retries_a_refused_connection_in_full(tmp_path):
+    # the API answered this run before it failed: when it refuses the resumed run, that is an
+    # API restarting, not a wrong --base-url, so the run does not stop after a second try
+    with ScriptedAPI(lambda r: (500, {}, "down") if r.page == 4 else paged()(r)) as api:
+        with pytest.raises(Exception, match="page 4"):
+            orchestrate.run(settings(tmp_path, api.base_url, per_page=5))
+    with pytest.raises(ApiError) as raised:  # the server is gone now
+        orchestrate.run(settings(tmp_path, api.base_url, per_page=5, resume=True))
+    message = str(raised.value)
+    assert re.match(rf"page [45]: connection refused by 127.0.0.1:\d+ \({FAST_RETRY.attempts} attempts", message), message
+    assert message.endswith("the API stopped answering during the run")
+
+
 def test_resume_after_sigkill_mid_extraction_matches_an_uninterrupted_run(tmp_path):
     with DemoAPI(dataset="scale", customers=3000, faults="none", latency=0.02) as api:
         reference = tmp_path / "ref"

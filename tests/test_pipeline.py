@@ -459,15 +459,18 @@ def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_runnin
         monkeypatch.setattr(export_mod, "export", slow_export)
         threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as raised:
             orchestrate.run(settings(tmp_path, api.base_url))
+    # with room on the disk the export comes after the commit: the CLI says run 2 is published
+    assert (raised.value.published_run, raised.value.exported) == (2, False)
     assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
     time.sleep(1.5)  # had it run on, the thread would have written the document by now
     assert (tmp_path / "out.json").read_bytes() == before
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
     run = con.execute("select status, failed_stage, error from raw.runs where run_id = 2").fetchone()
+    published = rows(con, "select distinct run_id from marts.dim_customers")
     con.close()
-    assert run == ("failed", "export", "KeyboardInterrupt")
+    assert run == ("failed", "export", "KeyboardInterrupt") and published == [(2,)]
 
 
 def test_ctrl_c_during_an_export_short_of_space_marks_the_run_failed_and_publishes_nothing(tmp_path, monkeypatch):
@@ -489,8 +492,9 @@ def test_ctrl_c_during_an_export_short_of_space_marks_the_run_failed_and_publish
         monkeypatch.setattr(export_mod, "SPARE_BYTES", 1 << 62)  # no disk has that much free
         threading.Thread(target=lambda: (exporting.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as raised:
             orchestrate.run(settings(tmp_path, api.base_url))
+    assert not hasattr(raised.value, "published_run")  # the CLI says: nothing changed
     assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
     time.sleep(1.5)  # had it run on, the export would have been written by now
     assert (tmp_path / "out.json").read_bytes() == before
@@ -560,6 +564,29 @@ def test_an_output_folder_gone_during_the_build_publishes_nothing(tmp_path, monk
     con.close()
 
 
+@pytest.mark.parametrize("published, exported, said", [
+    (None, False, "error: interrupted; the last good warehouse and export are unchanged"),
+    (4, False, "error: interrupted after run 4 was published; the last export is unchanged "
+               "(`python pipeline.py export` writes the new one)"),
+    (4, True, "error: interrupted after run 4 was published and exported; the data docs page was not "
+              "written (`python pipeline.py docs` writes it)"),
+])
+def test_ctrl_c_says_what_it_left(tmp_path, monkeypatch, capsys, published, exported, said):
+    import pipeline
+
+    def interrupted(settings, steps, progress):
+        exc = KeyboardInterrupt()
+        if published is not None:  # as orchestrate.run marks one that lands after the build's commit
+            exc.published_run, exc.exported = published, exported
+        raise exc
+
+    monkeypatch.setattr(orchestrate, "run", interrupted)
+    code = pipeline.main(["run", "--base-url", "http://127.0.0.1:9/api", "--warehouse", str(tmp_path / "w.duckdb"),
+                          "--output", str(tmp_path / "o.json"), "--quiet"])
+    assert code == 130
+    assert error_lines(capsys.readouterr().err) == [said]
+
+
 def test_ctrl_c_while_the_docs_are_rendered_records_the_run_as_succeeded_and_leaves_nothing_running(
         tmp_path, monkeypatch):
     # the docs page is rendered on its own cursor, after the export, while the checkpoint runs:
@@ -579,8 +606,9 @@ def test_ctrl_c_while_the_docs_are_rendered_records_the_run_as_succeeded_and_lea
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         threading.Thread(target=lambda: (writing.wait(20), time.sleep(0.3), _thread.interrupt_main()),
                          daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as raised:
             orchestrate.run(settings(tmp_path, api.base_url))
+    assert (raised.value.published_run, raised.value.exported) == (1, True)
     assert [t.name for t in threading.enumerate() if t.name == "finish"] == []  # ended before run() returned
     assert read_export(tmp_path / "out.json")["metadata"]["total_customers"] == 30
     assert not (tmp_path / "warehouse" / "docs" / "index.html").exists()

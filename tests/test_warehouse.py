@@ -65,6 +65,23 @@ def test_a_failing_export_query_fails_the_run_at_export_and_keeps_the_last_docum
     con.close()
 
 
+def test_a_missing_export_query_is_one_line_and_publishes_nothing(tmp_path, api):
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    before, export_before = snapshot(warehouse), (tmp_path / "out.json").read_bytes()
+    sql = copy_sql(tmp_path)
+    (sql / "export" / "customers.sql").unlink()
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"), "--sql-dir", str(sql))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "error: sql/export/customers.sql and sql/export/metadata.sql are both required"], result.stderr
+    assert snapshot(warehouse) == before and (tmp_path / "out.json").read_bytes() == export_before
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select status, failed_stage from raw.runs where run_id = 2") == [("failed", "export")]
+    con.close()
+
+
 def test_a_failing_data_test_publishes_nothing(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"

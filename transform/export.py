@@ -71,19 +71,36 @@ BYTES_PER_CUSTOMER = 1024
 SPARE_BYTES = 512 << 20
 
 
-def short_of_space(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> bool:
+def short_of_space(con: duckdb.DuckDBPyConnection, project: Project, output: Path,
+                   warehouse: Path | None = None) -> bool:
     """Whether the output's file system may not hold the export with room to spare.
 
     A run asks just before its build commits. Short of space, it writes the export there,
     inside the transaction (``prepare``), so a disk that fills fails the run before anything is
     published; with room, it writes it after the commit, beside the checkpoint, where it costs
-    the run no time (only something else writing ``SPARE_BYTES`` within that fraction of a
-    second could make it fail after the publish).
+    the run no time. Room means ``SPARE_BYTES`` beyond the export's estimate and, when the
+    ``warehouse`` is on the same file system, beyond its write-ahead log too (what the checkpoint
+    beside the export writes into the file). Then only something else writing that much within
+    a fraction of a second, or a disk quota, could make the export fail after the publish.
     """
+    _require_queries(project)
     customers = sum(con.execute(f"select count(*) from {project.models[name].relation}").fetchone()[0]
                     for name in sorted(project.queries["customers"].refs))
     directory = output.parent if str(output.parent) else Path(".")
-    return shutil.disk_usage(directory).free < SPARE_BYTES + customers * BYTES_PER_CUSTOMER
+    try:
+        free = shutil.disk_usage(directory).free
+        wal = 0
+        if warehouse is not None and os.stat(warehouse).st_dev == os.stat(directory).st_dev:
+            wal_path = Path(f"{warehouse}.wal")
+            wal = wal_path.stat().st_size if wal_path.exists() else 0
+    except OSError as exc:
+        raise ExportError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return free < SPARE_BYTES + wal + customers * BYTES_PER_CUSTOMER
+
+
+def _require_queries(project: Project) -> None:
+    if "customers" not in project.queries or "metadata" not in project.queries:
+        raise ExportError("sql/export/customers.sql and sql/export/metadata.sql are both required")
 
 
 class PreparedExport:
@@ -123,8 +140,7 @@ def prepare(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> P
     """Write the export document to a temp file beside ``output`` (not yet in place)."""
     output = Path(output)
     check_output_path(output)
-    if "customers" not in project.queries or "metadata" not in project.queries:
-        raise ExportError("sql/export/customers.sql and sql/export/metadata.sql are both required")
+    _require_queries(project)
     meta = metadata(con, project)
     directory = output.parent if str(output.parent) else Path(".")
     for leftover in directory.glob(f".{output.name}.*.tmp*"):  # from a run killed mid-export

@@ -328,7 +328,7 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     writing_export, started_export = True, time.monotonic()
                     output = Path(settings.output)
                     export_mod.check_output_path(output)
-                    if export_mod.short_of_space(con, project, output):
+                    if export_mod.short_of_space(con, project, output, Path(settings.warehouse)):
                         prepared = export_mod.prepare(con, project, output)
                         summary.stage_seconds["export"] = time.monotonic() - started_export
                     writing_export = False
@@ -386,6 +386,12 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                     if isinstance(exc, KeyboardInterrupt) and "export" in steps:
                         failed_stage = "export"  # Ctrl-C: the export is what had not finished
                     _fail_run(con, run_id, failed_stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
+                if run_id is not None and "build" in steps:
+                    # the build committed: say so, rather than that nothing changed
+                    exc.published_run, exc.exported = run_id, exported
+                    if isinstance(exc, PipelineError) and "export" in steps and not exported:
+                        raise export_mod.ExportError(f"{exc}; run {run_id} was published before the export failed, and the "
+                                          "last export is unchanged: `python pipeline.py export` writes it") from None
                 raise
             page = None
             if finishing is not None:

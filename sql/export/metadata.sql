@@ -1,6 +1,9 @@
 -- The export's metadata: counts per quality bucket and how the run got there.
 -- One pass over the customers and one over the staged records (aggregates with filters,
 -- not a subquery per figure: each subquery is planned and scanned on its own).
+-- export_timestamp is now(): in DuckDB, the start of the transaction that reads the marts, i.e.
+-- when the snapshot the document shows was taken (the build's own start, for a run that writes
+-- its export before the commit because the disk is short of space).
 with
 
 customers as (
