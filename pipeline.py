@@ -397,9 +397,14 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a bug: still one line, traceback on request
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if exc.__class__.__name__ == "OutOfMemoryException":  # DuckDB's: a --memory-limit too small
+            print(f"error: DuckDB ran out of memory ({redact(first, *secrets)}); allow it more with "
+                  "--memory-limit (or PIPELINE_MEMORY_LIMIT), or use fewer --threads", file=sys.stderr)
+            return 1
         if debug:
             traceback.print_exc()
-        print(f"error: unexpected {exc.__class__.__name__}: {redact(str(exc), *secrets)} "
+        print(f"error: unexpected {exc.__class__.__name__}: {redact(first, *secrets)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     finally:

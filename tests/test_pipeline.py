@@ -263,6 +263,10 @@ def test_the_key_is_redacted_also_as_python_escapes_it():
         (["--per-page", "ten"], "argument --per-page: invalid int value"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--demo", "--per-page", "0"], "--per-page must be a whole number from 1"),  # before the demo banner
+        # DuckDB's settings: refused while opening the file, they read like a damaged warehouse
+        (["--memory-limit", "lots"], "--memory-limit lots: DuckDB does not accept it (Parser Error: Memory"),
+        (["--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
+        (["--storage-version", "banana"], "--storage-version banana: DuckDB does not accept it (not a DuckDB"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
@@ -271,6 +275,16 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_a_memory_limit_too_small_is_one_line_naming_the_flag(tmp_path):
+    result = run_cli("run", "--demo", "--memory-limit", "1KB", "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: DuckDB ran out of memory (Out of Memory Error"), result.stderr
+    assert "--memory-limit" in errors[0] and "damaged" not in errors[0] and "move it aside" not in errors[0]
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_unreachable_host_is_one_clear_line(tmp_path):

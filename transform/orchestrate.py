@@ -29,7 +29,7 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import (RunLock, WarehouseConfig, connect, ensure_schema, opens_without_waiting, require_warehouse,
+from .warehouse import (RunLock, WarehouseConfig, check_settings, connect, ensure_schema, opens_without_waiting, require_warehouse,
                         utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,7 @@ class Settings:
             raise UsageError(f"--max-attempts must be from 1 to 100, not {self.retry.attempts}")
         if self.keep_runs is not None and self.keep_runs < 1:
             raise UsageError("--keep-runs must be at least 1")
+        check_settings(self.warehouse_config)
 
     @property
     def warehouse_config(self) -> WarehouseConfig:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from extract.errors import RunLockedError, WarehouseError
+from extract.errors import RunLockedError, UsageError, WarehouseError
 
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "meta")
 
@@ -140,6 +140,28 @@ def _duckdb_config(config: WarehouseConfig) -> dict:
     return settings
 
 
+def check_settings(config: WarehouseConfig) -> None:
+    """Fail with the flag's name when DuckDB refuses ``--threads``, ``--memory-limit`` or
+    ``--storage-version``, before any file is made: refused while opening the warehouse, the
+    error would read like a damaged file. Asked of an in-memory database, only for settings given
+    (the defaults need no check, and DuckDB's start-up costs ~20 ms)."""
+    given = {"--threads": ("threads", config.threads),
+             "--memory-limit": ("memory_limit", config.memory_limit),
+             "--storage-version": ("storage_compatibility_version", config.storage_version)}
+    for flag, (option, value) in given.items():
+        if value is None or (flag == "--storage-version" and value == WarehouseConfig.storage_version):
+            continue
+        if flag == "--threads" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--threads must be a whole number of at least 1, not {value!r}")
+        try:
+            duckdb.connect(":memory:", config={option: value}).close()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            if "not a known DuckDB version" in first:
+                first = "not a DuckDB storage version; give one like v1.0.0 or v1.2.0, or latest"
+            raise UsageError(f"{flag} {value}: DuckDB does not accept it ({first[:200]})") from None
+
+
 def require_warehouse(path: Path) -> None:
     """For the steps that read what a run made: a missing file is one line, not an empty new one."""
     if not Path(path).exists():
@@ -170,6 +192,9 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
             message = str(exc)
             # DuckDB's own words for a file another process holds ("block" in a corruption
             # message is not one: a damaged file is not worth waiting for)
+            if isinstance(exc, duckdb.OutOfMemoryException):
+                raise WarehouseError(f"DuckDB ran out of memory opening {path} (--memory-limit "
+                                     f"{config.memory_limit or 'default'}): allow it more") from None
             if "could not set lock" not in message.lower() and "conflicting lock" not in message.lower():
                 raise WarehouseError(_damaged_message(path, message)) from None
             if time.monotonic() >= deadline:
