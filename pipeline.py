@@ -102,6 +102,16 @@ def _env(name: str, default=None):
     return os.environ.get(ENV_PREFIX + name, default)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _env_int(name: str, default):
     value = _env(name)
     if value is None or value == "":
@@ -225,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = command("status", "show the last runs, each model's version (and whether its SQL changed), "
                                "and the last data test results", "python pipeline.py status --runs 10")
-    status.add_argument("--runs", type=int, default=5, help="how many runs to show (default %(default)s)")
+    status.add_argument("--runs", type=_at_least_one, default=5, metavar="N",
+                        help="how many runs to show, at least 1 (default %(default)s)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_warehouse_flags(status), _add_common(status)
 

@@ -57,5 +57,9 @@ def test_sigkill_at_any_point_keeps_the_last_good_state_and_the_next_run_recover
     assert [p.name for p in tmp_path.glob(".out.json.*")] == []  # no temp files left behind
     con = duckdb.connect(str(warehouse), read_only=True)
     statuses = rows(con, "select run_id, status, failed_stage from raw.runs order by run_id")
+    # every run counts what it landed, the killed one too (closed as interrupted by the next run)
+    miscounted = rows(con, "select run_id from raw.runs r where pages_landed is distinct from "
+                           "(select count(*) from raw.api_pages p where p.run_id = r.run_id)")
     con.close()
+    assert miscounted == []
     assert statuses == [(1, "succeeded", None), (2, "failed", "interrupted"), (3, "succeeded", None)]

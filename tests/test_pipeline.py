@@ -287,6 +287,22 @@ def test_a_memory_limit_too_small_is_one_line_naming_the_flag(tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
+def test_a_warehouse_where_nothing_can_be_written_is_one_line(tmp_path):
+    # /proc takes no new files (root included): the run lock beside the warehouse cannot be made
+    result = run_cli("run", "--demo", "--warehouse", "/proc/customers.duckdb", "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "error: cannot write the run lock /proc/customers.duckdb.lock (No such file or directory): the "
+        "warehouse's folder must be writable (a read-only copy can be queried with `duckdb -readonly`)"], result.stderr
+
+
+def test_status_runs_must_be_at_least_one(tmp_path):
+    result = run_cli("status", "--runs", "-3", "--warehouse", str(tmp_path / "w.duckdb"))
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        "error: argument --runs: must be at least 1, not -3 (see `pipeline.py status --help`)"]
+
+
 def test_unreachable_host_is_one_clear_line(tmp_path):
     # port 9 on loopback: nothing listens, the connection is refused at once; the API never
     # answered this run, so after a second try the run stops (default --max-attempts, 6)
@@ -453,6 +469,9 @@ def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
     assert "Traceback" not in err and not (tmp_path / "out.json").exists()
     con = duckdb.connect(str(warehouse), read_only=True)
     assert rows(con, "select status, failed_stage, error from raw.runs") == [("failed", "extract", "Terminated")]
+    # what it landed is counted (status and the README's "how every sync went" query show it)
+    assert rows(con, "select pages_landed, records_landed from raw.runs") == rows(
+        con, "select count(*), sum(record_count) from raw.api_pages") and rows(con, "select pages_landed from raw.runs")[0][0] > 0
     con.close()
 
 

@@ -128,7 +128,9 @@ def _close_dead_runs(con) -> None:
         set status = 'failed',
             failed_stage = coalesce(failed_stage, 'interrupted'),
             error = 'the process running it died before it finished (killed or crashed)',
-            finished_at = coalesce(finished_at, now())
+            finished_at = coalesce(finished_at, now()),
+            pages_landed = (select count(*) from raw.api_pages p where p.run_id = runs.run_id),
+            records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages p where p.run_id = runs.run_id)
         where status = 'running'
         """
     )
@@ -184,10 +186,17 @@ def _start_run(con, settings: Settings, progress: Progress) -> tuple[int, bool]:
 
 
 def _fail_run(con, run_id: int, stage: str, error: str) -> None:
+    # what it landed is counted too: a run that failed while extracting never got to count it
     with contextlib.suppress(Exception):
         con.execute(
-            "update raw.runs set status = 'failed', failed_stage = ?, error = ?, finished_at = ? where run_id = ?",
-            [stage, error[:1000], utcnow(), run_id],
+            """
+            update raw.runs
+            set status = 'failed', failed_stage = $stage, error = $error, finished_at = $at,
+                pages_landed = (select count(*) from raw.api_pages where run_id = $run),
+                records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages where run_id = $run)
+            where run_id = $run
+            """,
+            {"stage": stage, "error": error[:1000], "at": utcnow(), "run": run_id},
         )
 
 

@@ -311,8 +311,14 @@ class RunLock:
         self.stale_holder: str | None = None
 
     def acquire(self, command: str = "run") -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only mount, /proc, a folder that is a file
+            raise WarehouseError(
+                f"cannot write the run lock {self.path} ({exc.strerror or exc}): the warehouse's "
+                "folder must be writable (a read-only copy can be queried with `duckdb -readonly`)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
