@@ -352,9 +352,11 @@ def test_demo_run_writes_export_and_warehouse_offline(tmp_path):
 def test_steps_one_by_one_then_status(tmp_path):
     base = ["--warehouse", str(tmp_path / "w.duckdb")]
     with DemoAPI(dataset="reqres", faults="none") as api:
-        assert run_cli("extract", "--base-url", api.base_url, *base).returncode == 0
+        extract = run_cli("extract", "--base-url", api.base_url, *base)
+    assert extract.returncode == 0 and extract.stdout.startswith("run 1 extracted in "), extract.stdout
     build = run_cli("build", *base)
     assert build.returncode == 0, build.stderr
+    assert build.stdout.startswith("run 1 succeeded in "), build.stdout  # the build completes the run
     test = run_cli("test", *base)
     assert test.returncode == 0 and "pass dim_customers__customer_id_unique" in test.stdout
     export = run_cli("export", *base, "--output", str(tmp_path / "e.json"))
@@ -362,8 +364,38 @@ def test_steps_one_by_one_then_status(tmp_path):
     assert read_export(tmp_path / "e.json")["metadata"]["total_customers"] == 12
     status = run_cli("status", *base)
     assert status.returncode == 0, status.stderr
-    assert "#1 extracted" in status.stdout and "marts.dim_customers" in status.stdout
-    assert "up to date" in status.stdout
+    assert "#1 succeeded" in status.stdout and "12 customers exported" in status.stdout
+    assert "marts.dim_customers" in status.stdout and "up to date" in status.stdout
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    # the build log names the run it published, as a `run` does (the docs page shows it)
+    assert rows(con, "select distinct run_id from meta.model_builds") == [(1,)]
+    assert rows(con, "select distinct run_id from meta.test_results") == [(1,)]
+    assert rows(con, "select distinct run_id from meta.published_models") == [(1,)]
+    assert rows(con, "select status, customers_exported, export_path from raw.runs") == [
+        ("succeeded", 12, str(tmp_path / "e.json"))]
+    con.close()
+
+
+def test_a_failing_build_step_fails_the_run_it_would_publish_not_one_published_before(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    sql = tmp_path / "sql"
+    import shutil
+
+    shutil.copytree(ROOT / "sql", sql)
+    (sql / "tests" / "always_fails.sql").write_text("-- flags every customer\nselect customer_id from {{ ref('dim_customers') }}\n")
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        assert run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                       "--output", str(tmp_path / "o.json")).returncode == 0
+        # run 1 is published; a build that fails now does not make it a failed run
+        assert run_cli("build", "--warehouse", str(warehouse), "--sql-dir", str(sql)).returncode == 1
+        assert run_cli("extract", "--base-url", api.base_url, "--warehouse", str(warehouse)).returncode == 0
+        # run 2 was only extracted: the failing build is its failure
+        assert run_cli("build", "--warehouse", str(warehouse), "--sql-dir", str(sql)).returncode == 1
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+        (1, "succeeded", None), (2, "failed", "build")]
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(1,)]
+    con.close()
 
 
 def test_warehouse_is_written_with_storage_version_1_0(tmp_path):

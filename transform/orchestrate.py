@@ -185,6 +185,15 @@ def _start_run(con, settings: Settings, progress: Progress) -> tuple[int, bool]:
     return run_id, False
 
 
+def _extracted_not_built(con) -> int | None:
+    """The run a build publishes (the latest extracted one), if it was extracted and not built yet."""
+    row = con.execute(
+        "select run_id from raw.runs where status = 'extracted' and run_id = "
+        "(select max(run_id) from raw.runs where extracted_at is not null)"
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _fail_run(con, run_id: int, stage: str, error: str) -> None:
     # what it landed is counted too: a run that failed while extracting never got to count it
     with contextlib.suppress(Exception):
@@ -322,6 +331,10 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
                 crash_point("after-extract")
                 if settings.keep_runs:
                     _prune(con, settings.keep_runs)
+            elif "build" in steps:
+                # `build` after `extract`: the build completes the run it publishes, as `run` would
+                # (its status, its meta rows); a run built before stays as it was, even if this fails
+                run_id = _extracted_not_built(con)
             if "build" in steps:
                 stage_started = time.monotonic()
                 if stager is None:  # rows a killed run staged while landing are of no use now
@@ -412,6 +425,11 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             if run_id is not None:
                 final["finished_at"] = final["finished_at"] or utcnow()
                 _record_final(con, final)
+                summary.status = final["status"]  # `extract` alone: "extracted"
+            elif "export" in steps and summary.metadata.get("run_id") is not None:
+                # `export` alone: the run it describes now has an export (its status is unchanged)
+                con.execute("update raw.runs set customers_exported = ?, export_path = ? where run_id = ?",
+                            [summary.metadata.get("total_customers"), str(settings.output), summary.metadata["run_id"]])
             if page is not None:
                 from .docs import write_page
 
@@ -430,7 +448,8 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
             client.cancel()  # a failure before the extraction used page 1: stop fetching it
             client.close()
         lock.release()
-    summary.status = "succeeded"
+    if summary.status == "running":
+        summary.status = "succeeded"
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -155,6 +155,8 @@ class Runner:
         input_run = sources["run_id"]
         if input_run == 0:
             raise ModelError("nothing to build: no run has landed its pages yet (run `python pipeline.py extract` or `run`)")
+        if self.run_id is None:  # `build` alone: the build log names the run it publishes
+            self.run_id = input_run
         states = self._input_states(sources)
         published = _published(self.con)
         kinds = _relation_kinds(self.con)
