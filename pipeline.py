@@ -348,7 +348,7 @@ def main(argv=None) -> int:
         rest = argv[1:]
         if rest[:1] == ["--"]:
             rest = rest[1:]
-        return demo_main(rest)
+        return demo_main(rest, prog="python pipeline.py demo-api")
     secret = os.environ.get(ENV_PREFIX + "API_KEY")
     secrets = (secret,)
     debug = "--debug" in argv

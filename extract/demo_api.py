@@ -842,7 +842,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Serve the demo API until Ctrl-C."""
     parser = argparse.ArgumentParser(
         prog=prog or "python -m extract.demo_api",
-        description="Serve a reqres.in-compatible demo API (GET /api/users) on this machine.")
+        description="Serve a reqres.in-compatible demo API (GET /api/users) on this machine.",
+        epilog="example:\n  python pipeline.py demo-api --port 8000 --latency 0.05\n"
+               "  python pipeline.py run --base-url http://127.0.0.1:8000/api   (in another terminal)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--dataset", choices=DATASETS, default="demo", help="records to serve (default demo)")

@@ -329,6 +329,11 @@ def test_help_explains_every_command():
                  "--resume", "--max-requests-per-minute", "--lock-timeout"):
         assert flag in run_help
     assert "PIPELINE_API_KEY" in run_help and "ps" in run_help
+    for command in ("run", "extract", "build", "test", "export", "status", "docs", "demo-api"):
+        help_text = run_cli(command, "--help").stdout  # each with its usage under its own name and an example
+        assert help_text.startswith(f"usage: python pipeline.py {command} ") or \
+            help_text.startswith(f"usage: pipeline.py {command} "), help_text[:80]
+        assert "example:" in help_text and f"pipeline.py {command}" in help_text.split("example:")[1], command
 
 
 def test_validation_errors_from_python(tmp_path):
