@@ -450,12 +450,17 @@ def test_export_in_place_and_copied_give_the_same_document(tmp_path, monkeypatch
     real = export_mod._prepend_in_place
     monkeypatch.setattr(export_mod, "_prepend_in_place", lambda *a: in_place.append(real(*a)) or in_place[-1])
     with DemoAPI(dataset="demo", faults="none", customers=300) as api:
+        # an export this small is copied: no blank run of padding before "customers"
+        orchestrate.run(settings(tmp_path, api.base_url, output=tmp_path / "small.json"))
+        assert in_place == [] and b" " * 64 not in (tmp_path / "small.json").read_bytes()
+        monkeypatch.setattr(export_mod, "IN_PLACE_FROM", 0)  # as if it were a big one
         orchestrate.run(settings(tmp_path, api.base_url))
         first = read_export(tmp_path / "out.json")
         monkeypatch.setattr(export_mod, "_fallocate", lambda: None)  # as on a filesystem without it
         orchestrate.run(settings(tmp_path, api.base_url, output=tmp_path / "copied.json"))
     copied = read_export(tmp_path / "copied.json")
-    assert in_place[-1] is False  # the second export took the copying path
+    assert len(in_place) == 2 and in_place[-1] is False  # the third export took the copying path
+    assert read_export(tmp_path / "small.json")["customers"] == first["customers"]
     assert len(first["customers"]) == first["metadata"]["total_customers"] > 200
     assert copied["customers"] == first["customers"]
     assert list(copied["metadata"]) == list(first["metadata"])
@@ -592,6 +597,7 @@ def test_a_disk_that_fills_during_the_export_publishes_nothing(tmp_path, monkeyp
         before = (tmp_path / "out.json").read_bytes()
         monkeypatch.setattr(export_mod, "SPARE_BYTES", 1 << 62)  # no disk has that much free
         monkeypatch.setattr(export_mod, "_prepend_in_place", disk_full)  # and this one fills up
+        monkeypatch.setattr(export_mod, "_assemble", disk_full)
         with pytest.raises(export_mod.ExportError, match="cannot write .*out.json: No space left on device"):
             orchestrate.run(settings(tmp_path, api.base_url))
         con = duckdb.connect(str(warehouse), read_only=True)

@@ -156,7 +156,10 @@ def prepare(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> P
         head = json.dumps({"metadata": meta}, indent=2, ensure_ascii=False, default=str)
         prefix = (head[:-2] + ",\n").encode()  # reopen the object after "metadata"
         key = b'  "customers": '
-        if _prepend_in_place(array_path, prefix, key, b"\n}\n"):
+        # in place only for big arrays: it pads the metadata with spaces to a whole filesystem
+        # block (a blank run of up to ~4 KiB before "customers" in head or a diff), and below
+        # IN_PLACE_FROM the copy costs a few milliseconds
+        if os.path.getsize(array_path) >= IN_PLACE_FROM and _prepend_in_place(array_path, prefix, key, b"\n}\n"):
             os.replace(array_path, tmp_name)  # the array file became the whole document
         else:
             _assemble(tmp_name, prefix + key, array_path, b"\n}\n")
@@ -183,6 +186,7 @@ def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopp
 
 
 _FALLOC_FL_INSERT_RANGE = 0x20
+IN_PLACE_FROM = 32 << 20  # bytes of customers array from which the export shifts blocks instead of copying
 
 
 def _fallocate():
