@@ -300,19 +300,21 @@ def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
 
 
 def _print_status(info: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(info, default=str, indent=2))
+    if as_json:  # objects with named fields, times in ISO 8601 (UTC)
+        print(json.dumps(info, indent=2, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
         return
     print("runs (newest first):")
-    for run_id, status, started, finished, stage, error, pages, records, requests_, retries, exported in info["runs"]:
-        line = f"  #{run_id} {status:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
+    for run in info["runs"]:
+        started, finished = run["started_at"], run["finished_at"]
+        line = f"  #{run['run_id']} {run['status']:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
         if finished:
             line += f", {(finished - started).total_seconds():.1f}s"
-        line += f", {pages or 0} pages, {records or 0} records, {requests_ or 0} requests, {retries or 0} retries"
-        if exported is not None:
-            line += f", {exported} customers exported"
-        if error:
-            line += f"\n      failed in {stage}: {error}"
+        line += (f", {run['pages_landed'] or 0} pages, {run['records_landed'] or 0} records, "
+                 f"{run['requests'] or 0} requests, {run['retries'] or 0} retries")
+        if run["customers_exported"] is not None:
+            line += f", {run['customers_exported']} customers exported"
+        if run["error"]:
+            line += f"\n      failed in {run['failed_stage']}: {run['error']}"
         print(line)
     print("models (in build order):")
     for model in info["models"]:
@@ -328,8 +330,9 @@ def _print_status(info: dict, as_json: bool) -> None:
         rows = "" if model["rows"] is None else f", {model['rows']} rows"
         print(f"  {model['model']:<45} {model['current_version']}  {state}{rows}")
     print("last data tests:")
-    for test, failing, status, _at in info["tests"]:
-        print(f"  {status:<4} {test}" + (f" ({failing} failing rows)" if failing else ""))
+    for test in info["tests"]:
+        print(f"  {test['status']:<4} {test['test']}" + (f" ({test['failing_rows']} failing rows)"
+                                                          if test["failing_rows"] else ""))
 
 
 class Terminated(KeyboardInterrupt):

@@ -187,7 +187,12 @@ def test_editing_one_model_re_versions_it_and_its_downstream_only_and_rebuilds_j
     dedup.write_text(dedup.read_text().replace("-- materialized: view", "-- materialized: view\n-- edited"))
     status = run_cli("status", "--warehouse", str(warehouse), "--sql-dir", str(sql), "--json")
     assert status.returncode == 0, status.stderr
-    changed = {m["model"] for m in json.loads(status.stdout)["models"] if m["changed"]}
+    info = json.loads(status.stdout)
+    changed = {m["model"] for m in info["models"] if m["changed"]}
+    # runs and tests are objects too, times ISO 8601 in UTC
+    assert info["runs"][0]["run_id"] == 1 and info["runs"][0]["status"] == "succeeded"
+    assert info["runs"][0]["started_at"].endswith("+00:00") and "T" in info["runs"][0]["started_at"]
+    assert {t["status"] for t in info["tests"]} == {"pass"} and len(info["tests"]) >= 6
     assert changed == {"intermediate.int_customers_deduplicated", "intermediate.int_customers_enriched",
                        "marts.dim_customers", "marts.customer_quality_summary"}
     text = run_cli("status", "--warehouse", str(warehouse), "--sql-dir", str(sql)).stdout

@@ -594,28 +594,33 @@ def run_tests_only(settings: Settings) -> list:
 def status(settings: Settings, limit: int = 5) -> dict:
     """What is in the warehouse: last runs, models (current vs built version), last tests."""
     con = connect(settings.warehouse_config, read_only=True)
+
+    def records(cursor) -> list[dict]:
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
     try:
-        runs = con.execute(
+        runs = records(con.execute(
             """
             select run_id, status, started_at, finished_at, failed_stage, error,
-                   pages_landed, records_landed, requests, retries, customers_exported
+                   pages_landed, records_landed, requests, retries, customers_exported, export_path
             from raw.runs order by run_id desc limit ?
             """,
             [limit],
-        ).fetchall()
+        ))
         published = {
             row[0]: row[1:]
             for row in con.execute(
                 "select model, version, rows, published_at, run_id from meta.published_models"
             ).fetchall()
         }
-        tests = con.execute(
+        tests = records(con.execute(
             """
             select test, failing_rows, status, tested_at from meta.test_results
             where tested_at = (select max(tested_at) from meta.test_results)
             order by test
             """
-        ).fetchall()
+        ))
     except Exception as exc:  # an older or foreign file without our tables
         raise PipelineError(f"{settings.warehouse} has no pipeline tables yet ({str(exc).splitlines()[0]})") from None
     finally:
