@@ -77,15 +77,28 @@ def run_pipeline(
         return orchestrate.run(settings)
 
 
+DEMO_PORT = 8642
+
+
 @contextlib.contextmanager
 def _demo_server(enabled: bool, **kwargs):
+    """The demo API on 127.0.0.1:DEMO_PORT, or any free port if that one is taken: the same base
+    URL from one --demo run to the next, so a demo run that failed can be --resume'd."""
     if not enabled:
         yield None
         return
     from extract.demo_api import DemoAPI
 
-    with DemoAPI(**kwargs) as server:
+    server = DemoAPI(port=DEMO_PORT, **kwargs)
+    try:
+        server.start()
+    except OSError:
+        server = DemoAPI(port=0, **kwargs)
+        server.start()
+    try:
         yield server.base_url
+    finally:
+        server.stop()
 
 
 # -- the CLI ------------------------------------------------------------------------------------

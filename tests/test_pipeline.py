@@ -354,6 +354,32 @@ def test_demo_run_writes_export_and_warehouse_offline(tmp_path):
     assert "demo API serving on http://127.0.0.1:" in result.stderr
 
 
+def test_a_demo_run_killed_mid_extraction_resumes_with_demo(tmp_path):
+    # --demo serves on the same port each time (when free), so its runs can be --resume'd
+    base = ["--demo", "--per-page", "10", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json")]
+    killed = run_cli("run", *base, env={"PIPELINE_CRASH_AT": "mid-extract"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_cli("run", *base, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "run 1: resuming from http://127.0.0.1:8642/api" in resumed.stderr
+    assert read_export(tmp_path / "o.json")["metadata"]["total_customers"] == 270
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert rows(con, "select run_id, status, resumes from raw.runs") == [(1, "succeeded", 1)]
+    con.close()
+
+
+def test_demo_takes_another_port_when_its_own_is_taken(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT
+        taken.bind(("127.0.0.1", 8642))
+        taken.listen()
+        result = run_cli("run", "--demo", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 0, result.stderr
+    assert "demo API serving on http://127.0.0.1:" in result.stderr and ":8642/" not in result.stderr
+
+
 def test_steps_one_by_one_then_status(tmp_path):
     base = ["--warehouse", str(tmp_path / "w.duckdb")]
     with DemoAPI(dataset="reqres", faults="none") as api:
