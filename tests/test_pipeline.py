@@ -427,6 +427,14 @@ def test_a_failing_build_step_fails_the_run_it_would_publish_not_one_published_b
         (1, "succeeded", None), (2, "failed", "build")]
     assert rows(con, "select distinct run_id from marts.dim_customers") == [(1,)]
     con.close()
+    # the models fixed (the failing test gone), `build` publishes run 2: it is no longer a failed run
+    (sql / "tests" / "always_fails.sql").unlink()
+    assert run_cli("build", "--warehouse", str(warehouse), "--sql-dir", str(sql)).returncode == 0
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select run_id, status, failed_stage, error from raw.runs order by 1") == [
+        (1, "succeeded", None, None), (2, "succeeded", None, None)]
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(2,)]
+    con.close()
 
 
 def test_warehouse_is_written_with_storage_version_1_0(tmp_path):

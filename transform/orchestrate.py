@@ -186,9 +186,10 @@ def _start_run(con, settings: Settings, progress: Progress) -> tuple[int, bool]:
 
 
 def _extracted_not_built(con) -> int | None:
-    """The run a build publishes (the latest extracted one), if it was extracted and not built yet."""
+    """The run a build publishes (the latest extracted one), if it is not published yet: only
+    extracted, or failed after its extraction (a data test, the export); None if it succeeded."""
     row = con.execute(
-        "select run_id from raw.runs where status = 'extracted' and run_id = "
+        "select run_id from raw.runs where status in ('extracted', 'failed') and run_id = "
         "(select max(run_id) from raw.runs where extracted_at is not null)"
     ).fetchone()
     return row[0] if row else None
@@ -531,8 +532,13 @@ def _require_published(con, project: Project, path: Path) -> None:
 
 
 def _record_final(con, final: dict) -> None:
+    # failed_stage and error cleared: a run that failed after its extraction may be built later
     con.execute(
-        "update raw.runs set status = ?, finished_at = ?, customers_exported = ?, export_path = ? where run_id = ?",
+        """
+        update raw.runs
+        set status = ?, finished_at = ?, customers_exported = ?, export_path = ?, failed_stage = null, error = null
+        where run_id = ?
+        """,
         [final["status"], final["finished_at"], final["customers_exported"], final["export_path"], final["run_id"]],
     )
 
