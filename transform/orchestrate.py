@@ -277,182 +277,215 @@ def run(settings: Settings, steps=("extract", "build", "export"), progress: Prog
         require_warehouse(Path(settings.warehouse))
     if "export" in steps:
         export_mod.check_output_path(Path(settings.output))
-    progress = progress or Progress(quiet=settings.quiet)
-    started = time.monotonic()
-    summary = RunSummary(run_id=None, status="running")
-    lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
-    client = first_page = stager = prepared = None
-    try:
-        if lock.stale_holder:
-            progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
-        # Page 1 says how many pages there are, so it is asked for while DuckDB opens the
-        # warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not to
-        # open at once (locked by another process, or too small to be a database): those runs
-        # fail or wait without a request, and ask once it is open. One the check cannot see (a
-        # damaged database), or a broken sql/ folder (the models load while DuckDB opens), costs
-        # that one request; the client is cancelled when the run fails.
-        # A resumed run may have landed page 1 already: extract_run asks if it needs it.
-        prefetch = "extract" in steps and not settings.resume
+    return _Run(settings, tuple(steps), progress or Progress(quiet=settings.quiet)).run()
+
+
+class _Run:
+    """One invocation of the steps: extract -> build (test, publish) -> finish (checkpoint,
+    export, docs, the run's final row). Each step marks the run failed with its name, and
+    re-raises; ``run()`` holds the lock and closes everything, whatever happens."""
+
+    def __init__(self, settings: Settings, steps: tuple, progress: Progress):
+        self.settings, self.steps, self.progress = settings, steps, progress
+        self.summary = RunSummary(run_id=None, status="running")
+        self.run_id: int | None = None
+        self.client = self.first_page = self.stager = self.prepared = self.project = self.con = None
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        if self.run_id is not None:
+            _fail_run(self.con, self.run_id, stage, redact(str(exc), self.settings.api_key) or exc.__class__.__name__)
+
+    def run(self) -> RunSummary:
+        started = time.monotonic()
+        settings, steps = self.settings, self.steps
+        lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
+        try:
+            if lock.stale_holder:
+                self.progress.line(f"note: cleared a stale run lock ({lock.stale_holder}); that process is gone")
+            loading = self._start_early()
+            self.con = connect(settings.warehouse_config)
+            try:
+                self._open(loading)
+                if "extract" in steps:
+                    self._extract()
+                elif "build" in steps:
+                    # `build` after `extract`: the build completes the run it publishes, as `run` would
+                    # (its status, its meta rows); a run built before stays as it was, even if this fails
+                    self.run_id = _extracted_not_built(self.con)
+                if "build" in steps:
+                    self._build()
+                self._finish()
+            finally:
+                if self.prepared is not None:
+                    self.prepared.discard()  # a run that failed after writing it: the last export stays
+                if self.stager is not None:
+                    self.stager.close()
+                self.con.close()
+        finally:
+            if self.client is not None:
+                self.client.cancel()  # a failure before the extraction used page 1: stop fetching it
+                self.client.close()
+            lock.release()
+        if self.summary.status == "running":
+            self.summary.status = "succeeded"
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _start_early(self):
+        """What can start before the warehouse is open; returns the project's loading future.
+
+        Page 1 says how many pages there are, so it is asked for while DuckDB opens the
+        warehouse (~30 ms, most of it DuckDB's start-up). Not when the file is known not to
+        open at once (locked by another process, or too small to be a database): those runs
+        fail or wait without a request, and ask once it is open. One the check cannot see (a
+        damaged database), or a broken sql/ folder (the models load while DuckDB opens), costs
+        that one request; the client is cancelled when the run fails. A resumed run may have
+        landed page 1 already: extract_run asks if it needs it.
+        """
+        settings, steps = self.settings, self.steps
+        self.prefetch = "extract" in steps and not settings.resume
         if "extract" in steps:
-            client = _client(settings)
-        if prefetch and opens_without_waiting(Path(settings.warehouse)):
-            first_page = prefetch_first_page(client)
+            self.client = _client(settings)
+        if self.prefetch and opens_without_waiting(Path(settings.warehouse)):
+            self.first_page = prefetch_first_page(self.client)
         # the models are read and rendered (Jinja) on a thread while DuckDB opens the warehouse:
         # both take a while, and DuckDB's start-up does not hold the GIL
-        loading = in_thread("load-project", Project, settings.sql_dir) \
+        return in_thread("load-project", Project, settings.sql_dir) \
             if ("build" in steps or "export" in steps) else None
-        con = connect(settings.warehouse_config)
+
+    def _open(self, loading) -> None:
+        if self.prefetch and self.first_page is None:
+            self.first_page = prefetch_first_page(self.client)
+        self.project = loading.result() if loading is not None else None
+        ensure_schema(self.con)
+        if "export" in self.steps and "build" not in self.steps:
+            _require_published(self.con, self.project, Path(self.settings.warehouse))
+        _close_dead_runs(self.con)
+
+    def _extract(self) -> None:
+        settings, con = self.settings, self.con
+        self.run_id, resumed = _start_run(con, settings, self.progress)
+        self.summary.run_id = self.run_id
+        self.progress.line(f"run {self.run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}")
+        stage_started = time.monotonic()
         try:
-            if prefetch and first_page is None:
-                first_page = prefetch_first_page(client)
-            project = loading.result() if loading is not None else None
-            ensure_schema(con)
-            if "export" in steps and "build" not in steps:
-                _require_published(con, project, Path(settings.warehouse))
-            _close_dead_runs(con)
-            run_id = None
-            if "extract" in steps:
-                run_id, resumed = _start_run(con, settings, progress)
-                summary.run_id = run_id
-                progress.line(
-                    f"run {run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}"
-                )
-                stage_started = time.monotonic()
-                try:
-                    if "build" in steps:  # staging models that go page by page are built as pages land
-                        stager = PageStager(con, project, run_id)
-                    _extract(con, run_id, settings, progress, summary, client, first_page,
-                             on_landed=stager.landed if stager is not None else None)
-                except BaseException as exc:
-                    _fail_run(con, run_id, "extract", redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                    raise
-                if stager is not None:
-                    stager.landed_all()  # its last batch is staged while the run is marked extracted
-                summary.stage_seconds["extract"] = time.monotonic() - stage_started
-                crash_point("after-extract")
-                if settings.keep_runs:
-                    _prune(con, settings.keep_runs)
-            elif "build" in steps:
-                # `build` after `extract`: the build completes the run it publishes, as `run` would
-                # (its status, its meta rows); a run built before stays as it was, even if this fails
-                run_id = _extracted_not_built(con)
-            if "build" in steps:
-                stage_started = time.monotonic()
-                if stager is None:  # rows a killed run staged while landing are of no use now
-                    drop_landing_tables(con, by_page_models(project))
-                progress.line("build: models and data tests")
-                writing_export = False
+            if "build" in self.steps:  # staging models that go page by page are built as pages land
+                self.stager = PageStager(con, self.project, self.run_id)
+            _extract(con, self.run_id, settings, self.progress, self.summary, self.client, self.first_page,
+                     on_landed=self.stager.landed if self.stager is not None else None)
+        except BaseException as exc:
+            self._fail("extract", exc)
+            raise
+        if self.stager is not None:
+            self.stager.landed_all()  # its last batch is staged while the run is marked extracted
+        self.summary.stage_seconds["extract"] = time.monotonic() - stage_started
+        crash_point("after-extract")
+        if settings.keep_runs:
+            _prune(con, settings.keep_runs)
 
-                def write_export() -> None:
-                    # Just before the commit: an export that cannot be written must publish nothing.
-                    # The folder is probed again (it may have gone since the start); a disk short of
-                    # space gets the export now, inside the transaction, and one with room after
-                    # the commit, beside the checkpoint (export.short_of_space says why).
-                    nonlocal prepared, writing_export
-                    writing_export, started_export = True, time.monotonic()
-                    output = Path(settings.output)
-                    export_mod.check_output_path(output)
-                    if export_mod.short_of_space(con, project, output, Path(settings.warehouse)):
-                        prepared = export_mod.prepare(con, project, output)
-                        summary.stage_seconds["export"] = time.monotonic() - started_export
-                    writing_export = False
+    def _build(self) -> None:
+        settings, con, project, summary = self.settings, self.con, self.project, self.summary
+        stage_started = time.monotonic()
+        if self.stager is None:  # rows a killed run staged while landing are of no use now
+            drop_landing_tables(con, by_page_models(project))
+        self.progress.line("build: models and data tests")
+        self.writing_export = False
+        try:
+            result = Runner(con, project, self.run_id, log=self.progress.line,
+                            staged=_staged_tables(self.stager, self.progress) if self.stager else None,
+                            ).build_and_publish(force=settings.full_refresh,
+                                                before_commit=self._write_export if "export" in self.steps else None)
+        except BaseException as exc:
+            self._fail("export" if self.writing_export else "build", exc)
+            raise
+        if self.stager is not None:  # a landing table the build did not publish goes before the checkpoint
+            self.stager.close()
+        summary.built, summary.skipped = result.built, result.skipped
+        summary.run_id = summary.run_id or result.input_run_id
+        summary.stage_seconds["build"] = time.monotonic() - stage_started
 
-                try:
-                    result = Runner(con, project, run_id, log=progress.line,
-                                    staged=_staged_tables(stager, progress) if stager else None,
-                                    ).build_and_publish(force=settings.full_refresh,
-                                                        before_commit=write_export if "export" in steps else None)
-                except BaseException as exc:
-                    if run_id is not None:
-                        _fail_run(con, run_id, "export" if writing_export else "build",
-                                  redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                    raise
-                if stager is not None:  # a landing table the build did not publish goes before the checkpoint
-                    stager.close()
-                summary.built, summary.skipped = result.built, result.skipped
-                summary.run_id = summary.run_id or result.input_run_id
-                summary.stage_seconds["build"] = time.monotonic() - stage_started
-            # After the publish, the checkpoint writes the run into the file while, on a cursor of
-            # its own, the export is written (or, if written before the commit, renamed into place)
-            # and the docs page rendered: DuckDB lets readers run beside a checkpoint (not writers), and on two
-            # cores they overlap where one after the other they added up. The page shows the run's
-            # final status, the row written next, and is put in place only once that row is committed.
-            final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
-                     "finished_at": None, "customers_exported": None, "export_path": None}
-            wants_docs = "build" in steps and settings.docs
-            finishing = None
-            failed_stage = "checkpoint"
+    def _write_export(self) -> None:
+        """Just before the build commits: an export that cannot be written must publish nothing.
+        The folder is probed again (it may have gone since the start); a disk short of space
+        gets the export now, inside the transaction, and one with room after the commit, beside
+        the checkpoint (export.short_of_space says why)."""
+        self.writing_export, started = True, time.monotonic()
+        output = Path(self.settings.output)
+        export_mod.check_output_path(output)
+        if export_mod.short_of_space(self.con, self.project, output, Path(self.settings.warehouse)):
+            self.prepared = export_mod.prepare(self.con, self.project, output)
+            self.summary.stage_seconds["export"] = time.monotonic() - started
+        self.writing_export = False
+
+    def _finish(self) -> None:
+        """After the publish, the checkpoint writes the run into the file while, on a cursor of its
+        own, the export is written (or, if written before the commit, renamed into place) and the
+        docs page rendered: DuckDB lets readers run beside a checkpoint (not writers), and on two
+        cores they overlap where one after the other they added up. The page shows the run's
+        final status, the row written next, and is put in place only once that row is committed."""
+        settings, steps, con, summary, run_id = self.settings, self.steps, self.con, self.summary, self.run_id
+        final = {"run_id": run_id, "status": "succeeded" if "build" in steps else "extracted",
+                 "finished_at": None, "customers_exported": None, "export_path": None}
+        wants_docs = "build" in steps and settings.docs
+        finishing = None
+        failed_stage = "checkpoint"
+        try:
+            if "export" in steps or wants_docs:
+                prepared = self.prepared
+                finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
+                    cursor, stopping, self.project, settings, "export" in steps, wants_docs,
+                    final if run_id is not None else None, summary, prepared))
             try:
-                if "export" in steps or wants_docs:
-                    finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(
-                        cursor, stopping, project, settings, "export" in steps, wants_docs,
-                        final if run_id is not None else None, summary, prepared))
-                try:
-                    con.execute("checkpoint")
-                except duckdb.Error:
-                    if finishing is None:
-                        raise
-                    finishing.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
-                    con.execute("checkpoint")
-                if finishing is not None:
-                    finishing.wait()
-                    if finishing.error is not None:
-                        failed_stage = "export"
-                        raise finishing.error
-            except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
-                if finishing is not None:
-                    finishing.stop()
-                exported = final["finished_at"] is not None  # set once the export is written
-                if run_id is not None and isinstance(exc, KeyboardInterrupt) and exported:
-                    with contextlib.suppress(Exception):  # only the docs page was left: the run is done
-                        _record_final(con, final)
-                elif run_id is not None:
-                    if isinstance(exc, KeyboardInterrupt) and "export" in steps:
-                        failed_stage = "export"  # Ctrl-C: the export is what had not finished
-                    _fail_run(con, run_id, failed_stage, redact(str(exc), settings.api_key) or exc.__class__.__name__)
-                if run_id is not None and "build" in steps:
-                    # the build committed: say so, rather than that nothing changed
-                    exc.published_run, exc.exported = run_id, exported
-                    if isinstance(exc, PipelineError) and "export" in steps and not exported:
-                        raise export_mod.ExportError(f"{exc}; run {run_id} was published before the export failed, and the "
-                                          "last export is unchanged: `python pipeline.py export` writes it") from None
-                raise
-            page = None
+                con.execute("checkpoint")
+            except duckdb.Error:
+                if finishing is None:
+                    raise
+                finishing.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
+                con.execute("checkpoint")
             if finishing is not None:
-                summary.metadata, page = finishing.result
-                if "export" in steps:
-                    summary.output = str(settings.output)
-                    crash_point("after-export")
-            if run_id is not None:
-                final["finished_at"] = final["finished_at"] or utcnow()
-                _record_final(con, final)
-                summary.status = final["status"]  # `extract` alone: "extracted"
-            elif "export" in steps and summary.metadata.get("run_id") is not None:
-                # `export` alone: the run it describes now has an export (its status is unchanged)
-                con.execute("update raw.runs set customers_exported = ?, export_path = ? where run_id = ?",
-                            [summary.metadata.get("total_customers"), str(settings.output), summary.metadata["run_id"]])
-            if page is not None:
-                from .docs import write_page
+                finishing.wait()
+                if finishing.error is not None:
+                    failed_stage = "export"
+                    raise finishing.error
+        except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
+            if finishing is not None:
+                finishing.stop()
+            exported = final["finished_at"] is not None  # set once the export is written
+            if run_id is not None and isinstance(exc, KeyboardInterrupt) and exported:
+                with contextlib.suppress(Exception):  # only the docs page was left: the run is done
+                    _record_final(con, final)
+            else:
+                if isinstance(exc, KeyboardInterrupt) and "export" in steps:
+                    failed_stage = "export"  # Ctrl-C: the export is what had not finished
+                self._fail(failed_stage, exc)
+            if run_id is not None and "build" in steps:
+                # the build committed: say so, rather than that nothing changed
+                exc.published_run, exc.exported = run_id, exported
+                if isinstance(exc, PipelineError) and "export" in steps and not exported:
+                    raise export_mod.ExportError(f"{exc}; run {run_id} was published before the export failed, and the "
+                                                 "last export is unchanged: `python pipeline.py export` writes it") from None
+            raise
+        page = None
+        if finishing is not None:
+            summary.metadata, page = finishing.result
+            if "export" in steps:
+                summary.output = str(settings.output)
+                crash_point("after-export")
+        if run_id is not None:
+            final["finished_at"] = final["finished_at"] or utcnow()
+            _record_final(con, final)
+            summary.status = final["status"]  # `extract` alone: "extracted"
+        elif "export" in steps and summary.metadata.get("run_id") is not None:
+            # `export` alone: the run it describes now has an export (its status is unchanged)
+            con.execute("update raw.runs set customers_exported = ?, export_path = ? where run_id = ?",
+                        [summary.metadata.get("total_customers"), str(settings.output), summary.metadata["run_id"]])
+        if page is not None:
+            from .docs import write_page
 
-                try:
-                    summary.docs = str(write_page(page, docs_path(settings)))
-                except OSError as exc:
-                    summary.warnings.append(f"data docs not written: {exc.strerror or exc}")
-        finally:
-            if prepared is not None:
-                prepared.discard()  # a run that failed after writing it: the last export stays
-            if stager is not None:
-                stager.close()
-            con.close()
-    finally:
-        if client is not None:
-            client.cancel()  # a failure before the extraction used page 1: stop fetching it
-            client.close()
-        lock.release()
-    if summary.status == "running":
-        summary.status = "succeeded"
-    summary.seconds = time.monotonic() - started
-    return summary
+            try:
+                summary.docs = str(write_page(page, docs_path(settings)))
+            except OSError as exc:
+                summary.warnings.append(f"data docs not written: {exc.strerror or exc}")
 
 
 def docs_path(settings: Settings) -> Path:
