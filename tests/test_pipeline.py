@@ -277,6 +277,17 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
     assert not (tmp_path / "w.duckdb").exists()
 
 
+@pytest.mark.parametrize("command", ["build", "test", "export"])
+def test_every_step_names_a_bad_duckdb_setting(tmp_path, command):
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    result = run_cli(command, "--memory-limit", "banana", "--warehouse", str(tmp_path / "warehouse" / "customers.duckdb"),
+                     *(["--output", str(tmp_path / "out.json")] if command == "export" else []))
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        "error: --memory-limit banana: DuckDB does not accept it (Parser Error: Memory must have a number (e.g. 1GB))"]
+
+
 def test_a_memory_limit_too_small_is_one_line_naming_the_flag(tmp_path):
     result = run_cli("run", "--demo", "--memory-limit", "1KB", "--warehouse", str(tmp_path / "w.duckdb"),
                      "--output", str(tmp_path / "o.json"))
@@ -435,6 +446,33 @@ def test_a_failing_build_step_fails_the_run_it_would_publish_not_one_published_b
         (1, "succeeded", None, None), (2, "succeeded", None, None)]
     assert rows(con, "select distinct run_id from marts.dim_customers") == [(2,)]
     con.close()
+
+
+def test_a_run_killed_after_its_publish_is_completed_by_export_and_never_failed_by_a_later_build(tmp_path):
+    import shutil
+
+    warehouse, output = str(tmp_path / "w.duckdb"), str(tmp_path / "o.json")
+    bad_sql = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", bad_sql)
+    (bad_sql / "tests" / "always_fails.sql").write_text("-- flags every customer\nselect customer_id from {{ ref('dim_customers') }}\n")
+
+    def runs():
+        con = duckdb.connect(warehouse, read_only=True)
+        try:
+            return rows(con, "select run_id, status, failed_stage, customers_exported from raw.runs order by 1")
+        finally:
+            con.close()
+
+    assert run_cli("run", "--demo", "--warehouse", warehouse, "--output", output).returncode == 0
+    killed = run_cli("run", "--demo", "--warehouse", warehouse, "--output", output, env={"PIPELINE_CRASH_AT": "mid-export"})
+    assert killed.returncode == -signal.SIGKILL  # run 2 published, its export not in place
+    # the marts describe run 2: a build that fails now leaves its row as the kill left it
+    assert run_cli("build", "--warehouse", warehouse, "--sql-dir", str(bad_sql)).returncode == 1
+    assert runs() == [(1, "succeeded", None, 270), (2, "failed", "interrupted", None)]
+    # `export` writes what the kill cut short: nothing of run 2 is missing any more
+    assert run_cli("export", "--warehouse", warehouse, "--output", output).returncode == 0
+    assert runs() == [(1, "succeeded", None, 270), (2, "succeeded", None, 270)]
+    assert read_export(tmp_path / "o.json")["metadata"]["run_id"] == 2
 
 
 def test_warehouse_is_written_with_storage_version_1_0(tmp_path):

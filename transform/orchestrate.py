@@ -185,14 +185,21 @@ def _start_run(con, settings: Settings, progress: Progress) -> tuple[int, bool]:
     return run_id, False
 
 
-def _extracted_not_built(con) -> int | None:
-    """The run a build publishes (the latest extracted one), if it is not published yet: only
-    extracted, or failed after its extraction (a data test, the export); None if it succeeded."""
+def _extracted_not_built(con) -> tuple[int | None, bool]:
+    """The run a build publishes (the latest extracted one) if it has not succeeded: only
+    extracted, or failed after its extraction (a data test, the export, a kill); (None, False) if
+    it succeeded. And whether its rows are published already (a run killed after its commit):
+    then a failing build leaves its row as it is, since the marts still describe it."""
     row = con.execute(
-        "select run_id from raw.runs where status in ('extracted', 'failed') and run_id = "
-        "(select max(run_id) from raw.runs where extracted_at is not null)"
+        """
+        select run_id,
+               run_id in (select run_id from meta.published_models where run_id is not null) as published
+        from raw.runs
+        where status in ('extracted', 'failed')
+          and run_id = (select max(run_id) from raw.runs where extracted_at is not null)
+        """
     ).fetchone()
-    return row[0] if row else None
+    return (row[0], bool(row[1])) if row else (None, False)
 
 
 def _fail_run(con, run_id: int, stage: str, error: str) -> None:
@@ -289,10 +296,11 @@ class _Run:
         self.settings, self.steps, self.progress = settings, steps, progress
         self.summary = RunSummary(run_id=None, status="running")
         self.run_id: int | None = None
+        self.published_before = False  # `build` alone, of a run whose rows the marts already hold
         self.client = self.first_page = self.stager = self.prepared = self.project = self.con = None
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        if self.run_id is not None:
+        if self.run_id is not None and not self.published_before:
             _fail_run(self.con, self.run_id, stage, redact(str(exc), self.settings.api_key) or exc.__class__.__name__)
 
     def run(self) -> RunSummary:
@@ -311,7 +319,7 @@ class _Run:
                 elif "build" in steps:
                     # `build` after `extract`: the build completes the run it publishes, as `run` would
                     # (its status, its meta rows); a run built before stays as it was, even if this fails
-                    self.run_id = _extracted_not_built(self.con)
+                    self.run_id, self.published_before = _extracted_not_built(self.con)
                 if "build" in steps:
                     self._build()
                 self._finish()
@@ -476,9 +484,18 @@ class _Run:
             _record_final(con, final)
             summary.status = final["status"]  # `extract` alone: "extracted"
         elif "export" in steps and summary.metadata.get("run_id") is not None:
-            # `export` alone: the run it describes now has an export (its status is unchanged)
-            con.execute("update raw.runs set customers_exported = ?, export_path = ? where run_id = ?",
-                        [summary.metadata.get("total_customers"), str(settings.output), summary.metadata["run_id"]])
+            # `export` alone: the run it describes (the published one) now has its export; if it
+            # failed after its publish (the export, a kill), nothing of it is missing any more
+            con.execute(
+                """
+                update raw.runs
+                set customers_exported = ?, export_path = ?,
+                    failed_stage = case when status = 'failed' then null else failed_stage end,
+                    error = case when status = 'failed' then null else error end,
+                    status = case when status = 'failed' then 'succeeded' else status end
+                where run_id = ?
+                """,
+                [summary.metadata.get("total_customers"), str(settings.output), summary.metadata["run_id"]])
         if page is not None:
             from .docs import write_page
 
@@ -569,7 +586,8 @@ def _record_final(con, final: dict) -> None:
     con.execute(
         """
         update raw.runs
-        set status = ?, finished_at = ?, customers_exported = ?, export_path = ?, failed_stage = null, error = null
+        set status = ?, finished_at = ?, customers_exported = coalesce(?, customers_exported),
+            export_path = coalesce(?, export_path), failed_stage = null, error = null
         where run_id = ?
         """,
         [final["status"], final["finished_at"], final["customers_exported"], final["export_path"], final["run_id"]],
@@ -620,6 +638,7 @@ def write_docs_only(settings: Settings) -> Path:
 
 def run_tests_only(settings: Settings) -> list:
     """Run the data tests against the published models (no build, no publish)."""
+    check_settings(settings.warehouse_config)
     project = Project(settings.sql_dir)
     require_warehouse(Path(settings.warehouse))
     con = connect(settings.warehouse_config)
