@@ -29,8 +29,8 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import (RunLock, WarehouseConfig, check_settings, connect, ensure_schema, opens_without_waiting, require_warehouse,
-                        utcnow)
+from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_settings, compact_bookkeeping, connect,
+                        ensure_schema, opens_without_waiting, require_warehouse, utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -374,6 +374,8 @@ class _Run:
         settings, con = self.settings, self.con
         self.run_id, resumed = _start_run(con, settings, self.progress)
         self.summary.run_id = self.run_id
+        if not resumed and self.run_id % COMPACT_EVERY == 0:
+            compact_bookkeeping(con)  # ~20 ms every few runs, or the file grows ~1 MiB a run
         self.progress.line(f"run {self.run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}")
         stage_started = time.monotonic()
         try:

@@ -253,11 +253,25 @@ def _damaged_message(path: Path, message: str) -> str:
     )
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+# The pipeline's small tables: each run appends a row or a few to them, and with row groups
+# never merged (max_vacuum_tasks 0) every run's rows took blocks of their own, ~1 MiB a run
+# whatever the data. ``compact_bookkeeping`` writes them again, each as one row group, every
+# COMPACT_EVERY runs; raw.api_pages is not among them (its row groups are each run's pages).
+BOOKKEEPING = ("raw.runs", "meta.model_builds", "meta.test_results", "meta.run_quality", "meta.published_models")
+COMPACT_EVERY = 8
+
+
+def compact_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
+    """Write the small bookkeeping tables again, each as one row group (see BOOKKEEPING)."""
+    ensure_schema(con, remake=BOOKKEEPING)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, remake: tuple[str, ...] = ()) -> None:
     """Create the schemas and the pipeline's own tables if they do not exist.
 
     One catalog query first: on a warehouse that already has them all (with their comments),
-    nothing is written, so the catalog does not change on every run.
+    nothing is written, so the catalog does not change on every run. ``remake``: tables to
+    write again as FIXED_DDL says, their rows copied over.
     """
     schemas = {row[0] for row in con.execute(
         "select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
@@ -267,16 +281,18 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         where database_name = current_database() and schema_name in ('raw', 'meta')
         """
     ).fetchall()}
-    keyed = [name for name in FIXED_COMMENTS if tables.get(name, (None, False))[1]]
-    if set(SCHEMAS) <= schemas and not keyed \
+    remade = [name for name in FIXED_COMMENTS  # a table with a key, or one asked for
+              if name in tables and (tables[name][1] or name in remake)]
+    if set(SCHEMAS) <= schemas and not remade \
             and all(tables.get(t, (None,))[0] == c for t, c in FIXED_COMMENTS.items()):
         return
     # one transaction, one script: the tables appear together (and one commit is ~10 ms less
     # than one per statement on a new warehouse). A table an earlier version made with a key
-    # (raw.runs had a primary key) is made again as FIXED_DDL says, its rows copied over.
-    aside = [f"alter table {name} rename to {name.split('.')[1]}__keyed" for name in keyed]
-    copy = [statement for name in keyed for statement in (
-        f"insert into {name} by name select * from {name}__keyed", f"drop table {name}__keyed")]
+    # (raw.runs had a primary key), or one to compact, is made again as FIXED_DDL says, its
+    # rows copied over in their order.
+    aside = [f"alter table {name} rename to {name.split('.')[1]}__old" for name in remade]
+    copy = [statement for name in remade for statement in (
+        f"insert into {name} by name select * from {name}__old", f"drop table {name}__old")]
     con.execute("begin transaction")
     try:
         con.execute(";\n".join([*(f"create schema if not exists {schema}" for schema in SCHEMAS), *aside, FIXED_DDL,
