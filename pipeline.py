@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from extract.client import RetryPolicy
-from extract.errors import PipelineError, UsageError
+from extract.errors import PipelineError, Terminated, UsageError, as_interrupt, note_signal
 from extract.progress import Progress
 from extract.redact import RedactingFilter, redact
 from transform import orchestrate
@@ -348,12 +348,14 @@ def _print_status(info: dict, as_json: bool) -> None:
                                                           if test["failing_rows"] else ""))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (cron's and orchestrators' stop): unwinds like Ctrl-C, so the run is marked failed."""
-
-
 def _terminate(signum, frame):
+    note_signal(Terminated)
     raise Terminated()
+
+
+def _interrupt(signum, frame):
+    note_signal(KeyboardInterrupt)
+    raise KeyboardInterrupt()
 
 
 def main(argv=None) -> int:
@@ -369,6 +371,7 @@ def main(argv=None) -> int:
     secrets = (secret,)
     debug = "--debug" in argv
     previous_term = signal.signal(signal.SIGTERM, _terminate)
+    previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         args = build_parser().parse_args(argv)
         settings = _settings(args)
@@ -409,21 +412,13 @@ def main(argv=None) -> int:
         print(f"error: {redact(str(exc), *secrets)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        run_id = getattr(exc, "published_run", None)  # set when the build had committed
-        if run_id is None:
-            print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
-        elif getattr(exc, "exported", False):
-            print(f"error: {how} after run {run_id} was published and exported; the data docs page "
-                  "was not written (`python pipeline.py docs` writes it)", file=sys.stderr)
-        else:
-            print(f"error: {how} after run {run_id} was published; the last export is unchanged "
-                  "(`python pipeline.py export` writes the new one)", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return _interrupted(exc)
     except BrokenPipeError:  # `pipeline.py status | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a bug: still one line, traceback on request
+        if as_interrupt(exc) is not exc:  # Ctrl-C or SIGTERM while DuckDB ran a query
+            return _interrupted(as_interrupt(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if exc.__class__.__name__ == "OutOfMemoryException":  # DuckDB's: a --memory-limit too small
             print(f"error: DuckDB ran out of memory ({redact(first, *secrets)}); allow it more with "
@@ -436,6 +431,25 @@ def main(argv=None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line saying what the stop left, exit 130 or 143."""
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    run_id = getattr(exc, "published_run", None)  # set when the build had committed
+    if run_id is None:
+        print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
+    elif getattr(exc, "completed", False):
+        print(f"error: {how} as run {run_id} finished: it succeeded, and its warehouse and export "
+              "are in place", file=sys.stderr)
+    elif getattr(exc, "exported", False):
+        print(f"error: {how} after run {run_id} was published and exported; the data docs page "
+              "was not written (`python pipeline.py docs` writes it)", file=sys.stderr)
+    else:
+        print(f"error: {how} after run {run_id} was published; the last export is unchanged "
+              "(`python pipeline.py export` writes the new one)", file=sys.stderr)
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -40,3 +40,32 @@ class DataTestError(PipelineError):
 
 class RunLockedError(PipelineError):
     """Another run holds the warehouse's run lock."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron's and orchestrators' stop): unwinds like Ctrl-C, so the run is marked failed."""
+
+
+_signals: list[type[KeyboardInterrupt]] = []  # what the CLI's signal handlers raised, newest last
+
+
+def note_signal(kind: type[KeyboardInterrupt]) -> None:
+    """A signal handler says which interrupt it is raising (KeyboardInterrupt or Terminated)."""
+    _signals.append(kind)
+
+
+def as_interrupt(exc: BaseException) -> BaseException:
+    """``exc``, or the interrupt it stands for.
+
+    A KeyboardInterrupt (Ctrl-C, or Terminated from SIGTERM) raised while DuckDB runs a query
+    reaches Python as ``RuntimeError('Query interrupted')``; the pipeline's own interrupts of
+    other cursors never reach the main thread. Handed back as the interrupt it was, a stop
+    during the build or the checkpoint is recorded and reported like one anywhere else.
+    """
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted"):
+        interrupt = (_signals[-1] if _signals else KeyboardInterrupt)()
+        for name in ("published_run", "exported", "completed"):
+            if hasattr(exc, name):
+                setattr(interrupt, name, getattr(exc, name))
+        return interrupt
+    return exc

@@ -589,6 +589,71 @@ def test_sigterm_mid_extraction_is_one_line_exit_143_and_a_failed_run(tmp_path):
     con.close()
 
 
+@pytest.mark.parametrize("sig, code, said, recorded", [
+    (signal.SIGTERM, 143, "terminated (SIGTERM)", "Terminated"),
+    (signal.SIGINT, 130, "interrupted", "KeyboardInterrupt"),
+])
+def test_a_stop_while_duckdb_builds_is_one_line_its_exit_code_and_publishes_nothing(tmp_path, sig, code, said, recorded):
+    # DuckDB hands a signal that lands inside a query back as RuntimeError('Query interrupted'):
+    # it was reported as an unexpected error, exit 1, and the run as failed with that text
+    import shutil
+
+    sql = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", sql)
+    (sql / "tests" / "slow.sql").write_text(  # a data test that runs for ~15 s on two cores
+        "-- slow on purpose\nselect x from range(3000000000) t(x) where x % 1000003 = 7 and x < 0\n")
+    base = ["--demo", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json")]
+    assert run_cli("run", *base).returncode == 0
+    before = (tmp_path / "o.json").read_bytes()
+    process = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "run", *base, "--sql-dir", str(sql)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("  marts.customer_quality_summary"):  # the last model: the tests run now
+            break
+    time.sleep(1.0)
+    process.send_signal(sig)
+    err = process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == code, err
+    assert error_lines(err) == [f"error: {said}; the last good warehouse and export are unchanged"], err
+    assert (tmp_path / "o.json").read_bytes() == before
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert rows(con, "select run_id, status, failed_stage, error from raw.runs order by 1") == [
+        (1, "succeeded", None, None), (2, "failed", "build", recorded)]
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(1,)]
+    con.close()
+
+
+def test_a_stop_inside_the_checkpoint_is_an_interrupt_of_a_published_run(tmp_path, monkeypatch):
+    # DuckDB raises RuntimeError('Query interrupted') for a Ctrl-C inside its checkpoint (real
+    # signals in the build: the test above); after the commit that is a stop of a published run
+    real_connect = orchestrate.connect
+
+    class Interrupted:
+        def __init__(self, con):
+            self._con = con
+
+        def execute(self, sql, *args):
+            if sql == "checkpoint":
+                raise RuntimeError("Query interrupted")
+            return self._con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: Interrupted(real_connect(*a, **k)))
+        with pytest.raises(KeyboardInterrupt) as raised:
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert raised.value.published_run == 2
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    run = rows(con, "select status, failed_stage, error from raw.runs where run_id = 2")
+    con.close()
+    # the export beside the checkpoint either finished (the run is done) or was stopped
+    assert run == ([("succeeded", None, None)] if raised.value.exported else [("failed", "export", "KeyboardInterrupt")])
+
+
 def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
     # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
     # run failed at 'export', wait for the export thread, and keep the last document
@@ -718,6 +783,7 @@ def test_an_output_folder_gone_during_the_build_publishes_nothing(tmp_path, monk
                "(`python pipeline.py export` writes the new one)"),
     (4, True, "error: interrupted after run 4 was published and exported; the data docs page was not "
               "written (`python pipeline.py docs` writes it)"),
+    (4, "completed", "error: interrupted as run 4 finished: it succeeded, and its warehouse and export are in place"),
 ])
 def test_ctrl_c_says_what_it_left(tmp_path, monkeypatch, capsys, published, exported, said):
     import pipeline
@@ -725,7 +791,8 @@ def test_ctrl_c_says_what_it_left(tmp_path, monkeypatch, capsys, published, expo
     def interrupted(settings, steps, progress):
         exc = KeyboardInterrupt()
         if published is not None:  # as orchestrate.run marks one that lands after the build's commit
-            exc.published_run, exc.exported = published, exported
+            exc.published_run, exc.exported = published, bool(exported)
+            exc.completed = exported == "completed"
         raise exc
 
     monkeypatch.setattr(orchestrate, "run", interrupted)

@@ -19,7 +19,7 @@ import duckdb
 
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
-from extract.errors import PipelineError, UsageError, WarehouseError
+from extract.errors import PipelineError, UsageError, WarehouseError, as_interrupt
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo
@@ -297,6 +297,7 @@ class _Run:
         self.summary = RunSummary(run_id=None, status="running")
         self.run_id: int | None = None
         self.published_before = False  # `build` alone, of a run whose rows the marts already hold
+        self.completed = False  # the run's final row is written
         self.client = self.first_page = self.stager = self.prepared = self.project = self.con = None
 
     def _fail(self, stage: str, exc: BaseException) -> None:
@@ -304,6 +305,18 @@ class _Run:
             _fail_run(self.con, self.run_id, stage, redact(str(exc), self.settings.api_key) or exc.__class__.__name__)
 
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        except BaseException as exc:
+            stop = as_interrupt(exc)
+            if isinstance(stop, KeyboardInterrupt) and self.completed and not hasattr(stop, "published_run"):
+                # a stop after the run's final row was written (the docs page, closing): it is done
+                stop.published_run, stop.exported, stop.completed = self.run_id, True, True
+            if stop is not exc:
+                raise stop from None
+            raise
+
+    def _run(self) -> RunSummary:
         started = time.monotonic()
         settings, steps = self.settings, self.steps
         lock = RunLock(Path(settings.warehouse)).acquire(" ".join(steps))
@@ -384,7 +397,10 @@ class _Run:
             _extract(con, self.run_id, settings, self.progress, self.summary, self.client, self.first_page,
                      on_landed=self.stager.landed if self.stager is not None else None)
         except BaseException as exc:
-            self._fail("extract", exc)
+            stop = as_interrupt(exc)
+            self._fail("extract", stop)
+            if stop is not exc:
+                raise stop from None
             raise
         if self.stager is not None:
             self.stager.landed_all()  # its last batch is staged while the run is marked extracted
@@ -406,7 +422,10 @@ class _Run:
                             ).build_and_publish(force=settings.full_refresh,
                                                 before_commit=self._write_export if "export" in self.steps else None)
         except BaseException as exc:
-            self._fail("export" if self.writing_export else "build", exc)
+            stop = as_interrupt(exc)
+            self._fail("export" if self.writing_export else "build", stop)
+            if stop is not exc:
+                raise stop from None
             raise
         if self.stager is not None:  # a landing table the build did not publish goes before the checkpoint
             self.stager.close()
@@ -458,22 +477,25 @@ class _Run:
                     failed_stage = "export"
                     raise finishing.error
         except BaseException as exc:  # the export failed, or the checkpoint, or Ctrl-C
+            stop = as_interrupt(exc)  # Ctrl-C inside the checkpoint reaches here as DuckDB's RuntimeError
             if finishing is not None:
                 finishing.stop()
             exported = final["finished_at"] is not None  # set once the export is written
-            if run_id is not None and isinstance(exc, KeyboardInterrupt) and exported:
+            if run_id is not None and isinstance(stop, KeyboardInterrupt) and exported:
                 with contextlib.suppress(Exception):  # only the docs page was left: the run is done
                     _record_final(con, final)
             else:
-                if isinstance(exc, KeyboardInterrupt) and "export" in steps:
+                if isinstance(stop, KeyboardInterrupt) and "export" in steps:
                     failed_stage = "export"  # Ctrl-C: the export is what had not finished
-                self._fail(failed_stage, exc)
+                self._fail(failed_stage, stop)
             if run_id is not None and "build" in steps:
                 # the build committed: say so, rather than that nothing changed
-                exc.published_run, exc.exported = run_id, exported
-                if isinstance(exc, PipelineError) and "export" in steps and not exported:
-                    raise export_mod.ExportError(f"{exc}; run {run_id} was published before the export failed, and the "
+                stop.published_run, stop.exported = run_id, exported
+                if isinstance(stop, PipelineError) and "export" in steps and not exported:
+                    raise export_mod.ExportError(f"{stop}; run {run_id} was published before the export failed, and the "
                                                  "last export is unchanged: `python pipeline.py export` writes it") from None
+            if stop is not exc:
+                raise stop from None
             raise
         page = None
         if finishing is not None:
@@ -484,6 +506,7 @@ class _Run:
         if run_id is not None:
             final["finished_at"] = final["finished_at"] or utcnow()
             _record_final(con, final)
+            self.completed = True
             summary.status = final["status"]  # `extract` alone: "extracted"
         elif "export" in steps and summary.metadata.get("run_id") is not None:
             # `export` alone: the run it describes (the published one) now has its export; if it
