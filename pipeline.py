@@ -319,7 +319,8 @@ def _print_status(info: dict, as_json: bool) -> None:
     print("runs (newest first):")
     for run in info["runs"]:
         started, finished = run["started_at"], run["finished_at"]
-        line = f"  #{run['run_id']} {run['status']:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
+        shown = "died" if run.get("stale") else run["status"]
+        line = f"  #{run['run_id']} {shown:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
         if finished:
             line += f", {(finished - started).total_seconds():.1f}s"
         line += (f", {run['pages_landed'] or 0} pages, {run['records_landed'] or 0} records, "
@@ -328,6 +329,8 @@ def _print_status(info: dict, as_json: bool) -> None:
             line += f", {run['customers_exported']} customers exported"
         if run["error"]:
             line += f"\n      failed in {run['failed_stage']}: {run['error']}"
+        if run.get("stale"):
+            line += "\n      its process stopped before it finished (killed or crashed); the next run marks it failed"
         print(line)
     print("models (in build order):")
     for model in info["models"]:

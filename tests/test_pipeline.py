@@ -370,6 +370,11 @@ def test_a_demo_run_killed_mid_extraction_resumes_with_demo(tmp_path):
     base = ["--demo", "--per-page", "10", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json")]
     killed = run_cli("run", *base, env={"PIPELINE_CRASH_AT": "mid-extract"})
     assert killed.returncode == -signal.SIGKILL
+    # before the next run marks it failed, status does not show it as running on
+    status = run_cli("status", "--warehouse", str(tmp_path / "w.duckdb"))
+    assert "#1 died" in status.stdout and "its process stopped before it finished" in status.stdout, status.stdout
+    as_json = json.loads(run_cli("status", "--json", "--warehouse", str(tmp_path / "w.duckdb")).stdout)
+    assert (as_json["runs"][0]["status"], as_json["runs"][0]["stale"]) == ("running", True)
     resumed = run_cli("run", *base, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "run 1: resuming from http://127.0.0.1:8642/api" in resumed.stderr

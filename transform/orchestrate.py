@@ -691,6 +691,10 @@ def status(settings: Settings, limit: int = 5) -> dict:
             """,
             [limit],
         ))
+        # this read-only connection opened, so no run has the file open: a run still 'running'
+        # is one whose process died (the next run marks it failed)
+        for run in runs:
+            run["stale"] = run["status"] == "running"
         published = {
             row[0]: row[1:]
             for row in con.execute(
