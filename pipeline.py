@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "self-contained HTML file (also written after every successful run)",
                    "python pipeline.py docs --output /tmp/warehouse-docs.html")
     docs.add_argument("--output", type=Path, default=None,
-                      help="where to write the page (default: <warehouse folder>/docs/index.html)")
+                      help="where to write the page (default: <warehouse folder>/docs/index.html, or docs/<name>.html for a "
+                           "warehouse not named customers.duckdb)")
     _add_warehouse_flags(docs), _add_common(docs)
 
     demo = command("demo-api", "serve the bundled reqres-compatible demo API until Ctrl-C",

@@ -277,6 +277,21 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
     assert not (tmp_path / "w.duckdb").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "status", "build"])
+def test_a_warehouse_named_like_a_schema_is_refused_before_anything_is_made(tmp_path, command):
+    # DuckDB names the database after its file: in staging.duckdb, `staging.x` is ambiguous
+    # (catalog or schema?), and the build failed with DuckDB's Binder Error
+    warehouse = tmp_path / "Staging.duckdb"
+    result = run_cli(command, *(["--demo", "--output", str(tmp_path / "o.json")] if command == "run" else []),
+                     "--warehouse", str(warehouse))
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"error: --warehouse {warehouse}: DuckDB names the database after its file, and 'staging' is also one of "
+        "the warehouse's schemas (raw, staging, intermediate, marts, meta), so queries could not tell them apart; "
+        "name the file otherwise, e.g. customers_staging.duckdb"], result.stderr
+    assert not warehouse.exists()
+
+
 @pytest.mark.parametrize("command", ["build", "test", "export"])
 def test_every_step_names_a_bad_duckdb_setting(tmp_path, command):
     with DemoAPI(dataset="reqres", faults="none") as api:
@@ -394,6 +409,17 @@ def test_demo_takes_another_port_when_its_own_is_taken(tmp_path):
         result = run_cli("run", "--demo", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
     assert result.returncode == 0, result.stderr
     assert "demo API serving on http://127.0.0.1:" in result.stderr and ":8642/" not in result.stderr
+
+
+def test_warehouses_side_by_side_keep_their_own_docs_page(tmp_path):
+    for name in ("prod", "test"):
+        result = run_cli("run", "--demo", "-q", "--warehouse", str(tmp_path / f"{name}.duckdb"),
+                         "--output", str(tmp_path / f"{name}.json"))
+        assert result.returncode == 0, result.stderr
+        assert f"data docs: {tmp_path / 'docs' / (name + '.html')}" in result.stdout
+    pages = {p.name: p.read_text() for p in (tmp_path / "docs").iterdir()}
+    assert sorted(pages) == ["prod.html", "test.html"]
+    assert all("<html" in page for page in pages.values())
 
 
 def test_steps_one_by_one_then_status(tmp_path):

@@ -30,7 +30,7 @@ from pathlib import Path
 from .project import LAYERS, Project
 from .warehouse import sql_literal
 
-__all__ = ["render_docs", "write_docs", "write_page", "DEFAULT_OUTPUT", "default_output"]
+__all__ = ["render_docs", "write_docs", "write_page", "DEFAULT_OUTPUT"]
 
 DEFAULT_OUTPUT = Path("warehouse/docs/index.html")
 RUNS_SHOWN = 20
@@ -38,11 +38,6 @@ TREND_SHOWN = 12
 ISSUES_SHOWN = 10
 RAW_LAYER = "raw"
 TS = "%Y-%m-%d %H:%M:%S"  # every timestamp on the page is UTC, formatted by DuckDB
-
-
-def default_output(warehouse: Path) -> Path:
-    """Where the docs of a warehouse file go by default: ``<warehouse dir>/docs/index.html``."""
-    return Path(warehouse).parent / "docs" / "index.html"
 
 
 # -- small helpers ------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_settings, compact_bookkeeping, connect,
-                        ensure_schema, opens_without_waiting, require_warehouse, utcnow)
+from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_settings, check_warehouse_name,
+                        compact_bookkeeping, connect, default_docs_path, ensure_schema, opens_without_waiting,
+                        require_warehouse, utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -60,7 +61,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sql_dir: Path = SQL_DIR
     docs: bool = True  # write the data docs page after a successful build
-    docs_output: Path | None = None  # default: <warehouse folder>/docs/index.html
+    docs_output: Path | None = None  # default: warehouse.default_docs_path
 
     def validate(self) -> None:
         if self.api_key is not None:
@@ -87,6 +88,7 @@ class Settings:
             raise UsageError(f"--max-attempts must be from 1 to 100, not {self.retry.attempts}")
         if self.keep_runs is not None and self.keep_runs < 1:
             raise UsageError("--keep-runs must be at least 1")
+        check_warehouse_name(Path(self.warehouse))
         check_settings(self.warehouse_config)
 
     @property
@@ -531,7 +533,7 @@ class _Run:
 
 
 def docs_path(settings: Settings) -> Path:
-    return Path(settings.docs_output) if settings.docs_output else Path(settings.warehouse).parent / "docs" / "index.html"
+    return Path(settings.docs_output) if settings.docs_output else default_docs_path(Path(settings.warehouse))
 
 
 class _CursorJob(threading.Thread):

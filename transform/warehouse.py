@@ -162,15 +162,37 @@ def check_settings(config: WarehouseConfig) -> None:
             raise UsageError(f"{flag} {value}: DuckDB does not accept it ({first[:200]})") from None
 
 
+def default_docs_path(warehouse: Path) -> Path:
+    """Where a warehouse's data docs page goes: ``<its folder>/docs/index.html`` for the default
+    ``customers.duckdb``, ``<its folder>/docs/<name>.html`` for any other, so that warehouses kept
+    side by side (prod and staging) do not overwrite each other's page."""
+    warehouse = Path(warehouse)
+    name = "index" if warehouse.stem == "customers" else warehouse.stem
+    return warehouse.parent / "docs" / f"{name}.html"
+
+
 def require_warehouse(path: Path) -> None:
     """For the steps that read what a run made: a missing file is one line, not an empty new one."""
     if not Path(path).exists():
         raise WarehouseError(f"no warehouse at {path} yet: run `python pipeline.py run` first")
 
 
+def check_warehouse_name(path: Path) -> None:
+    """DuckDB names a database after its file: one named like a schema of the warehouse
+    (``staging.duckdb``) makes ``staging.x`` ambiguous to DuckDB, in the models and in every
+    analyst's query. Refused with the reason, before the file is made."""
+    name = Path(path).stem.lower()
+    if name in SCHEMAS:
+        raise UsageError(
+            f"--warehouse {path}: DuckDB names the database after its file, and '{name}' is also one of the "
+            f"warehouse's schemas ({', '.join(SCHEMAS)}), so queries could not tell them apart; "
+            f"name the file otherwise, e.g. customers_{name}.duckdb")
+
+
 def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, waiting up to ``lock_timeout`` s for another process to let go."""
     path = Path(config.path)
+    check_warehouse_name(path)
     if path.exists() and path.is_dir():
         raise WarehouseError(f"warehouse path {path} is a directory, not a DuckDB file")
     if read_only:
