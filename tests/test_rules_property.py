@@ -12,8 +12,8 @@ and COMMENTs every column (~170 ms per build on a 2-core machine); this test run
 same rendered model SQL in the same dependency order with the statement the runner uses
 (``create or replace <materialization> <relation> as <sql>``), and creates the views
 once. A build still costs ~45-60 ms whatever the data size (DuckDB binding and planning
-the view chain under dim_customers), landing ~7 ms, Hypothesis ~12 ms: 600 examples take
-~45 s on a 2-core machine (1,000 took ~75 s, and the whole suite must stay under CI's five
+the view chain under dim_customers), landing ~7 ms, Hypothesis ~12 ms: 400 examples take
+~33 s on a 2-core machine (1,000 took ~75 s, and the whole suite must stay under CI's five
 minutes). PROPERTY_EXAMPLES=N runs N examples instead, e.g. 5000 before a change to the rules.
 
 Generated text includes Unicode whitespace (NBSP, U+3000, U+2028, NEL, U+001C) and
@@ -42,7 +42,7 @@ from transform.project import Project
 from transform.warehouse import ensure_schema
 
 STARTED = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
-EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "600"))
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "400"))
 MISSING = object()
 
 # -- strategies --------------------------------------------------------------------------------------
