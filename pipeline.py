@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from extract.client import RetryPolicy
-from extract.errors import PipelineError, Terminated, UsageError, as_interrupt, note_signal
+from extract.errors import PipelineError, Terminated, UsageError, as_interrupt, forget_signals, note_signal
 from extract.progress import Progress
 from extract.redact import RedactingFilter, redact
 from transform import orchestrate
@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "self-contained HTML file (also written after every successful run)",
                    "python pipeline.py docs --output /tmp/warehouse-docs.html")
     docs.add_argument("--output", type=Path, default=None,
-                      help="where to write the page (default: <warehouse folder>/docs/index.html, or docs/<name>.html for a "
-                           "warehouse not named customers.duckdb)")
+                      help="where to write the page (default: <warehouse folder>/docs/index.html for customers.duckdb, "
+                           "<warehouse folder>/docs/<file name>.html for another warehouse)")
     _add_warehouse_flags(docs), _add_common(docs)
 
     demo = command("demo-api", "serve the bundled reqres-compatible demo API until Ctrl-C",
@@ -374,6 +374,7 @@ def main(argv=None) -> int:
     secret = os.environ.get(ENV_PREFIX + "API_KEY")
     secrets = (secret,)
     debug = "--debug" in argv
+    forget_signals()
     previous_term = signal.signal(signal.SIGTERM, _terminate)
     previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:

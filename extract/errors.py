@@ -49,6 +49,11 @@ class Terminated(KeyboardInterrupt):
 _signals: list[type[KeyboardInterrupt]] = []  # what the CLI's signal handlers raised, newest last
 
 
+def forget_signals() -> None:
+    """A new command starts: interrupts noted by an earlier one (library use) do not carry over."""
+    _signals.clear()
+
+
 def note_signal(kind: type[KeyboardInterrupt]) -> None:
     """A signal handler says which interrupt it is raising (KeyboardInterrupt or Terminated)."""
     _signals.append(kind)

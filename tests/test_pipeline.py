@@ -277,11 +277,12 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, fragment):
     assert not (tmp_path / "w.duckdb").exists()
 
 
-@pytest.mark.parametrize("command", ["run", "status", "build"])
-def test_a_warehouse_named_like_a_schema_is_refused_before_anything_is_made(tmp_path, command):
-    # DuckDB names the database after its file: in staging.duckdb, `staging.x` is ambiguous
-    # (catalog or schema?), and the build failed with DuckDB's Binder Error
-    warehouse = tmp_path / "Staging.duckdb"
+@pytest.mark.parametrize("command, file", [("run", "Staging.duckdb"), ("status", "staging.duckdb"),
+                                           ("run", "staging.backup.duckdb")])
+def test_a_warehouse_named_like_a_schema_is_refused_before_anything_is_made(tmp_path, command, file):
+    # DuckDB names the database after its file (up to the first dot): in staging.duckdb,
+    # `staging.x` is ambiguous (catalog or schema?), and the build failed with a Binder Error
+    warehouse = tmp_path / file
     result = run_cli(command, *(["--demo", "--output", str(tmp_path / "o.json")] if command == "run" else []),
                      "--warehouse", str(warehouse))
     assert result.returncode == 2
@@ -416,9 +417,9 @@ def test_warehouses_side_by_side_keep_their_own_docs_page(tmp_path):
         result = run_cli("run", "--demo", "-q", "--warehouse", str(tmp_path / f"{name}.duckdb"),
                          "--output", str(tmp_path / f"{name}.json"))
         assert result.returncode == 0, result.stderr
-        assert f"data docs: {tmp_path / 'docs' / (name + '.html')}" in result.stdout
+        assert f"data docs: {tmp_path / 'docs' / (name + '.duckdb.html')}" in result.stdout
     pages = {p.name: p.read_text() for p in (tmp_path / "docs").iterdir()}
-    assert sorted(pages) == ["prod.html", "test.html"]
+    assert sorted(pages) == ["prod.duckdb.html", "test.duckdb.html"]
     assert all("<html" in page for page in pages.values())
 
 

@@ -340,6 +340,21 @@ def test_the_bookkeeping_tables_are_compacted_every_few_runs_and_keep_their_rows
     con.close()
 
 
+def test_a_compaction_that_fails_fails_its_run_on_the_record(tmp_path, api, monkeypatch):
+    def full(con):
+        raise duckdb.IOException("IO Error: No space left on device")
+
+    monkeypatch.setattr(orchestrate, "COMPACT_EVERY", 2)
+    monkeypatch.setattr(orchestrate, "compact_bookkeeping", full)
+    orchestrate.run(settings(tmp_path, api.base_url))
+    with pytest.raises(duckdb.IOException):
+        orchestrate.run(settings(tmp_path, api.base_url))
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+        (1, "succeeded", None), (2, "failed", "extract")]  # not left 'running'
+    con.close()
+
+
 def test_every_published_table_and_column_has_a_comment(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)

@@ -389,11 +389,11 @@ class _Run:
         settings, con = self.settings, self.con
         self.run_id, resumed = _start_run(con, settings, self.progress)
         self.summary.run_id = self.run_id
-        if not resumed and self.run_id % COMPACT_EVERY == 0:
-            compact_bookkeeping(con)  # ~20 ms every few runs, or the file grows ~1 MiB a run
         self.progress.line(f"run {self.run_id}: {'resuming' if resumed else 'extracting'} from {settings.safe_base_url}")
         stage_started = time.monotonic()
         try:
+            if not resumed and self.run_id % COMPACT_EVERY == 0:
+                compact_bookkeeping(con)  # ~25 ms every few runs, or the file grows ~1 MiB a run
             if "build" in self.steps:  # staging models that go page by page are built as pages land
                 self.stager = PageStager(con, self.project, self.run_id)
             _extract(con, self.run_id, settings, self.progress, self.summary, self.client, self.first_page,

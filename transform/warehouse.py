@@ -164,10 +164,10 @@ def check_settings(config: WarehouseConfig) -> None:
 
 def default_docs_path(warehouse: Path) -> Path:
     """Where a warehouse's data docs page goes: ``<its folder>/docs/index.html`` for the default
-    ``customers.duckdb``, ``<its folder>/docs/<name>.html`` for any other, so that warehouses kept
-    side by side (prod and staging) do not overwrite each other's page."""
+    ``customers.duckdb``, ``<its folder>/docs/<file name>.html`` for any other (``prod.duckdb.html``),
+    so that warehouses kept side by side do not overwrite each other's page."""
     warehouse = Path(warehouse)
-    name = "index" if warehouse.stem == "customers" else warehouse.stem
+    name = "index" if warehouse.name == "customers.duckdb" else warehouse.name  # prod.duckdb -> prod.duckdb.html
     return warehouse.parent / "docs" / f"{name}.html"
 
 
@@ -181,7 +181,7 @@ def check_warehouse_name(path: Path) -> None:
     """DuckDB names a database after its file: one named like a schema of the warehouse
     (``staging.duckdb``) makes ``staging.x`` ambiguous to DuckDB, in the models and in every
     analyst's query. Refused with the reason, before the file is made."""
-    name = Path(path).stem.lower()
+    name = Path(path).name.split(".")[0].lower()  # DuckDB's: raw.backup.duckdb is database "raw"
     if name in SCHEMAS:
         raise UsageError(
             f"--warehouse {path}: DuckDB names the database after its file, and '{name}' is also one of the "
