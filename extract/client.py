@@ -103,21 +103,26 @@ def connection_failure(exc: requests.exceptions.ConnectionError, url: str) -> Tr
     one the connection was for: a proxy's, when the request went through one."""
     parts = urlsplit(url)
     host, port = parts.hostname or url, parts.port
-    for cause in _causes(exc):
+    causes = list(_causes(exc))
+    for cause in causes:
         conn = getattr(cause, "conn", None)
         if getattr(conn, "host", None):
             host, port = conn.host, getattr(conn, "port", port)
             break
     if isinstance(exc, requests.exceptions.ProxyError):
         host = f"proxy {host}"
-    causes = list(_causes(exc))
     if any(isinstance(c, socket.gaierror) or c.__class__.__name__ == "NameResolutionError" for c in causes):
         return TransientError(f"cannot resolve host {host}", unreachable=True)
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
         shown = f"[{host}]" if ":" in host and not host.startswith("proxy ") else host  # an IPv6 address
         return TransientError(f"connection refused by {shown}{f':{port}' if port else ''}", unreachable=True)
+    return TransientError(f"could not connect ({_short(exc)})")
+
+
+def _short(exc: Exception) -> str:
+    """An exception's text, cut to 160 characters for one line."""
     text = str(exc) or exc.__class__.__name__
-    return TransientError(f"could not connect ({text if len(text) <= 160 else text[:157] + '...'})")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 class ApiSession(requests.Session):
@@ -329,9 +334,9 @@ class ApiClient:
             except requests.exceptions.Timeout as exc:
                 raise TransientError(f"timed out ({exc.__class__.__name__})")
             except requests.exceptions.ChunkedEncodingError as exc:
-                raise TransientError(f"the body was cut off ({self._short(exc)})")
+                raise TransientError(f"the body was cut off ({_short(exc)})")
             except requests.exceptions.ContentDecodingError as exc:
-                raise TransientError(f"the body could not be decoded ({self._short(exc)})")
+                raise TransientError(f"the body could not be decoded ({_short(exc)})")
             except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is a Timeout, above
                 raise connection_failure(exc, url) from None
             self._answered.set()
@@ -362,11 +367,6 @@ class ApiClient:
         finally:
             if self.throttle is not None:
                 self.throttle.release(ok)
-
-    @staticmethod
-    def _short(exc: Exception) -> str:
-        text = str(exc) or exc.__class__.__name__
-        return text if len(text) <= 160 else text[:157] + "..."
 
     def _fatal_message(self, page: int, status: int, response) -> str:
         hints = {

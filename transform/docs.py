@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .project import LAYERS, Project
-from .warehouse import sql_literal
+from .warehouse import fetch_dicts as _rows, sql_literal
 
 __all__ = ["render_docs", "write_docs", "write_page", "DEFAULT_OUTPUT"]
 
@@ -68,12 +68,6 @@ def _secs(value) -> str:
 def _clip(text, limit: int = 240) -> str:
     text = " ".join(str(text or "").split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _rows(con, sql: str, params=None) -> list[dict]:
-    cursor = con.execute(sql, params or [])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _ts(column: str) -> str:

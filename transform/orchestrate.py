@@ -30,8 +30,8 @@ from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
 from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_settings, check_warehouse_name,
-                        compact_bookkeeping, connect, default_docs_path, ensure_schema, opens_without_waiting,
-                        require_warehouse, utcnow)
+                        compact_bookkeeping, connect, default_docs_path, ensure_schema, fetch_dicts,
+                        opens_without_waiting, require_warehouse, utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -679,20 +679,15 @@ def run_tests_only(settings: Settings) -> list:
 def status(settings: Settings, limit: int = 5) -> dict:
     """What is in the warehouse: last runs, models (current vs built version), last tests."""
     con = connect(settings.warehouse_config, read_only=True)
-
-    def records(cursor) -> list[dict]:
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
     try:
-        runs = records(con.execute(
+        runs = fetch_dicts(con,
             """
             select run_id, status, started_at, finished_at, failed_stage, error,
                    pages_landed, records_landed, requests, retries, customers_exported, export_path
             from raw.runs order by run_id desc limit ?
             """,
             [limit],
-        ))
+        )
         # this read-only connection opened, so no run has the file open: a run still 'running'
         # is one whose process died (the next run marks it failed)
         for run in runs:
@@ -703,13 +698,13 @@ def status(settings: Settings, limit: int = 5) -> dict:
                 "select model, version, rows, published_at, run_id from meta.published_models"
             ).fetchall()
         }
-        tests = records(con.execute(
+        tests = fetch_dicts(con,
             """
             select test, failing_rows, status, tested_at from meta.test_results
             where tested_at = (select max(tested_at) from meta.test_results)
             order by test
             """
-        ))
+        )
     except Exception as exc:  # an older or foreign file without our tables
         raise PipelineError(f"{settings.warehouse} has no pipeline tables yet ({str(exc).splitlines()[0]})") from None
     finally:

@@ -327,6 +327,13 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, remake: tuple[str, ...] = ()) 
         raise
 
 
+def fetch_dicts(con, sql: str, params=None) -> list[dict]:
+    """A query's rows as dicts keyed by column name."""
+    cursor = con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
 def sql_literal(text: str) -> str:
     """A SQL string literal for text the pipeline itself owns (comments); never API data."""
     return "'" + text.replace("'", "''") + "'"
