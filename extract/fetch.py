@@ -222,7 +222,14 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
             number = to_fetch.popleft()
             pending[pool.submit(client.get_page, number)] = number
 
+    # An empty page before total_pages means the API holds fewer records than page 1 said: no
+    # page after it is asked for (those already on the wire still land). Should one of those
+    # come back with records, the empty page was not the end, and the pages put off are fetched.
     empty_seen: int | None = None
+    stopped_at: int | None = None
+    put_off: list[int] = []
+    planned_before_stop = total_pages
+    highest_with_records = 1
     # An API whose total_pages keeps growing while its pages repeat would page forever: from the
     # last page page 1 planned on, each page's records are kept (as JSON) until the next page's
     # arrive, and a grown page that repeats the one before it ends the run there, as the
@@ -252,9 +259,24 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                 reported = total_pages_of(page.payload)
                 if ended_at is not None:
                     continue
-                if reported is not None and reported > planned:
-                    if reported > MAX_PAGES:
-                        raise ApiError(f"page {page.page} reports {reported} pages; more than the {MAX_PAGES} allowed")
+                if page.records:
+                    highest_with_records = max(highest_with_records, page.page)
+                if stopped_at is not None and page.page > stopped_at and page.records:
+                    result.warn(f"page {page.page} has records after the empty page {stopped_at}; "
+                                "fetching the pages after it after all")
+                    to_fetch.extend(sorted(put_off))
+                    planned = result.pages_expected = max(planned, planned_before_stop)
+                    stopped_at, put_off = None, []
+                if stopped_at is not None and page.page > stopped_at:
+                    continue  # past the end: a larger total_pages on it is not followed
+                if reported is not None and reported > MAX_PAGES:
+                    raise ApiError(f"page {page.page} reports {reported} pages; more than the {MAX_PAGES} allowed")
+                if stopped_at is not None and reported is not None and reported > planned_before_stop:
+                    # paging stopped at an empty page: the new pages are fetched only if a page
+                    # after it turns out to have records
+                    put_off.extend(range(planned_before_stop + 1, reported + 1))
+                    planned_before_stop = reported
+                elif stopped_at is None and reported is not None and reported > planned:
                     result.warn(
                         f"total_pages grew from {planned} to {reported} during the run (page {page.page}); "
                         "fetching the new pages too"
@@ -266,9 +288,22 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                     result.warn(f"total_pages shrank from {total_pages} to {reported} during the run")
                 if not page.records and page.page <= planned and empty_seen is None:
                     empty_seen = page.page
-                    result.warn(
-                        f"page {page.page} of {planned} is empty: the API holds fewer records than it reported"
-                    )
+                    if highest_with_records > page.page:
+                        result.warn(f"page {page.page} of {planned} is empty although page "
+                                    f"{highest_with_records} has records; fetching on to page {planned}")
+                    else:
+                        result.warn(f"page {page.page} of {planned} is empty: the API holds fewer records "
+                                    "than it reported; not asking for the pages after it")
+                        stopped_at, planned_before_stop = page.page, planned
+                        put_off = [number for number in to_fetch if number > stopped_at]
+                        for future, number in list(pending.items()):
+                            if number > stopped_at and future.cancel():
+                                del pending[future]
+                                put_off.append(number)
+                        kept = [number for number in to_fetch if number < stopped_at]
+                        to_fetch.clear()
+                        to_fetch.extend(kept)
+                        planned = result.pages_expected = max([stopped_at, *pending.values()])
             refill()
             if progress:
                 progress.update(result, planned, pending=len(lander.buffer))

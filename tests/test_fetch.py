@@ -28,7 +28,8 @@ RECORDS = [{"id": i, "first_name": f"F{i}", "last_name": f"L{i}", "email": f"u{i
            for i in range(1, 24)]  # 23 records: 5 pages of 5, the last one short
 
 
-def paged(records=RECORDS, total_pages=lambda page, real: real, repeat_last=False, empty_from=None):
+def paged(records=RECORDS, total_pages=lambda page, real: real, repeat_last=False, empty_from=None,
+          empty_pages=()):
     """A reqres-like responder over ``records`` whose total_pages and ending a test controls."""
     def respond(request):
         per_page = request.per_page or 6
@@ -37,7 +38,7 @@ def paged(records=RECORDS, total_pages=lambda page, real: real, repeat_last=Fals
         if repeat_last and page > real:
             page = real
         data = records[(page - 1) * per_page: page * per_page]
-        if empty_from is not None and request.page >= empty_from:
+        if (empty_from is not None and request.page >= empty_from) or request.page in empty_pages:
             data = []
         body = page_body(request.page, per_page, data, total=len(records))
         value = total_pages(request.page, real)
@@ -95,6 +96,33 @@ def test_an_empty_page_before_total_pages_is_reported(con):
         result = extract_with(con, api.base_url)
     assert result.records_landed == 10
     assert any(re.fullmatch(r"page [345] of 5 is empty.*", w) for w in result.warnings)
+
+
+def test_an_empty_page_stops_paging_there(con):
+    # page 1 says 40 pages; from page 3 on they are empty: the pages after the first empty one
+    # are not asked for, bar those already on the wire (at most 2 x concurrency queued)
+    records = [dict(RECORDS[0], id=i) for i in range(1, 201)]
+    with ScriptedAPI(paged(records, empty_from=3)) as api:
+        result = extract_with(con, api.base_url, concurrency=2)
+        requested = api.pages_requested()
+    assert max(requested) <= 3 + 2 * 2 + 2 and len(requested) == len(set(requested))
+    assert result.records_landed == 10
+    assert [page for page, count in landed(con) if count] == [1, 2]
+    assert "page 3 of 40 is empty: the API holds fewer records than it reported; " \
+           "not asking for the pages after it" in result.warnings
+    assert result.pages_expected == max(requested)
+
+
+def test_records_after_an_empty_page_are_fetched_after_all(con):
+    # only page 3 of 8 is empty: whichever arrives first, the pages after it are all fetched
+    records = [dict(RECORDS[0], id=i) for i in range(1, 41)]
+    with ScriptedAPI(paged(records, empty_pages={3})) as api:
+        result = extract_with(con, api.base_url, concurrency=2)
+        assert sorted(api.pages_requested()) == list(range(1, 9))
+    assert result.records_landed == 35
+    assert landed(con) == [(page, 0 if page == 3 else 5) for page in range(1, 9)]
+    assert result.pages_expected == 8
+    assert any(w.startswith("page 3 of 8 is empty") for w in result.warnings)
 
 
 @pytest.mark.parametrize("value", [None, "five", 2.5, -1, True])

@@ -103,6 +103,7 @@ def test_an_api_short_of_what_it_reported_warns_once_per_fact(tmp_path):
                          "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
-    assert warnings == ["warning: page 3 of 5 is empty: the API holds fewer records than it reported",
+    assert warnings == ["warning: page 3 of 5 is empty: the API holds fewer records than it reported; "
+                        "not asking for the pages after it",
                         "warning: the API reported 10 records but 4 were received"], result.stderr
     assert json.loads((tmp_path / "o.json").read_text())["metadata"]["total_customers"] == 4

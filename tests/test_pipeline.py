@@ -266,6 +266,7 @@ def test_the_key_is_redacted_also_as_python_escapes_it():
         # DuckDB's settings: refused while opening the file, they read like a damaged warehouse
         (["--memory-limit", "lots"], "--memory-limit lots: DuckDB does not accept it (Parser Error: Memory"),
         (["--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
+        (["--threads", "100000000"], "--threads 100000000: more than this machine's"),
         (["--storage-version", "banana"], "--storage-version banana: DuckDB does not accept it (not a DuckDB"),
     ],
 )

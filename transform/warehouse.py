@@ -140,6 +140,11 @@ def _duckdb_config(config: WarehouseConfig) -> dict:
     return settings
 
 
+def max_threads() -> int:
+    """The most ``--threads`` allowed: 4 per core, and at least 64."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def check_settings(config: WarehouseConfig) -> None:
     """Fail with the flag's name when DuckDB refuses ``--threads``, ``--memory-limit`` or
     ``--storage-version``, before any file is made: refused while opening the warehouse, the
@@ -153,6 +158,10 @@ def check_settings(config: WarehouseConfig) -> None:
             continue
         if flag == "--threads" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--threads must be a whole number of at least 1, not {value!r}")
+        if flag == "--threads" and value > max_threads():
+            # DuckDB starts every thread it is given: 10**8 of them would stall the machine
+            raise UsageError(f"--threads {value}: more than this machine's {os.cpu_count() or 1} cores can use; "
+                             f"give at most {max_threads()}")
         try:
             duckdb.connect(":memory:", config={option: value}).close()
         except duckdb.Error as exc:
