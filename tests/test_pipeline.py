@@ -451,6 +451,71 @@ def test_steps_one_by_one_then_status(tmp_path):
     con.close()
 
 
+DATA_TESTS = ["dim_customers__accepted_values", "dim_customers__customer_id_not_null",
+              "dim_customers__customer_id_unique", "dim_customers__full_name_rule",
+              "dim_customers__reconciles_with_raw", "dim_customers__score_in_range"]
+
+
+@pytest.fixture(scope="module")
+def published_warehouse(tmp_path_factory):
+    """A warehouse with the demo data published (270 customers), to copy and tamper with."""
+    path = tmp_path_factory.mktemp("published") / "w.duckdb"
+    with DemoAPI(dataset="demo", faults="none") as api:
+        orchestrate.run(settings(path.parent, api.base_url, warehouse=path, output=path.parent / "o.json"))
+    return path
+
+
+@pytest.mark.parametrize("tamper, failing", [
+    # each of the shipped data tests catches what it is about in a published mart
+    ("select * from t union all (select * from t order by customer_id limit 1)",
+     {"dim_customers__customer_id_unique", "dim_customers__reconciles_with_raw"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t) then null "
+     "else customer_id end as customer_id) from t",
+     {"dim_customers__customer_id_not_null"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t) then 'gold' "
+     "else customer_tier::varchar end as customer_tier) from t", {"dim_customers__accepted_values"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t) then null "
+     "else email_domain end as email_domain) from t", {"dim_customers__accepted_values"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t) then full_name || '  ' "
+     "else full_name end as full_name) from t", {"dim_customers__full_name_rule"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t) then 101 "
+     "else data_quality_score end as data_quality_score) from t", {"dim_customers__score_in_range"}),
+    ("select * replace (case when customer_id = (select min(customer_id) from t where quality_bucket = 'low') "
+     "then 95 else data_quality_score end as data_quality_score) from t", {"dim_customers__score_in_range"}),
+    ("select * from t where customer_id != (select max(customer_id) from t)",
+     {"dim_customers__reconciles_with_raw"}),
+])
+def test_each_data_test_fails_on_the_mart_it_guards(tmp_path, published_warehouse, tamper, failing):
+    import shutil
+
+    warehouse = tmp_path / "w.duckdb"
+    shutil.copy(published_warehouse, warehouse)
+    assert run_cli("test", "--warehouse", str(warehouse)).returncode == 0  # the copy passes as built
+    con = duckdb.connect(str(warehouse))
+    con.execute("create temp table t as select * from marts.dim_customers")
+    con.execute(f"create or replace table marts.dim_customers as {tamper}")
+    con.close()
+    result = run_cli("test", "--warehouse", str(warehouse))
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("fail ")}
+    passed = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("pass ")}
+    assert failed == failing, result.stdout
+    assert passed == set(DATA_TESTS) - failing, result.stdout
+
+
+def test_test_checks_the_published_run_not_one_landed_since(tmp_path):
+    # run 1 (demo data, 300 records) is published; run 2 lands the reqres pages (12 records) and is
+    # not built: the data tests still describe run 1's marts, which reconcile with run 1's pages
+    base = ["--warehouse", str(tmp_path / "w.duckdb")]
+    with DemoAPI(dataset="demo", faults="none") as api:
+        assert run_cli("run", "--base-url", api.base_url, *base, "--output", str(tmp_path / "o.json")).returncode == 0
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        assert run_cli("extract", "--base-url", api.base_url, *base).returncode == 0
+    result = run_cli("test", *base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pass dim_customers__reconciles_with_raw" in result.stdout
+
+
 def test_a_failing_build_step_fails_the_run_it_would_publish_not_one_published_before(tmp_path):
     warehouse = tmp_path / "w.duckdb"
     sql = tmp_path / "sql"

@@ -1,5 +1,7 @@
 -- counts reconcile with raw: every record landed for the run reached staging, every distinct
--- usable id landed in the run has exactly one mart row, and every unkeyed record is quarantined
+-- usable id landed in the run has exactly one mart row, and every unkeyed record is quarantined.
+-- The run is the one the models describe (stg_pipeline__current_run, published with them), so
+-- `pipeline.py test` after a run that landed but was not built still checks the published marts.
 with
 
 staged as (
@@ -12,7 +14,7 @@ landed as (
 
     select coalesce(sum(record_count), 0) as records
     from {{ source('raw', 'api_pages') }}
-    where run_id = {{ latest_extracted_run() }}
+    where run_id = (select run_id from {{ ref('stg_pipeline__current_run') }})
 
 ),
 
