@@ -339,6 +339,11 @@ class ApiClient:
                 raise TransientError(f"the body could not be decoded ({_short(exc)})")
             except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is a Timeout, above
                 raise connection_failure(exc, url) from None
+            except requests.exceptions.TooManyRedirects:
+                raise ApiError(f"page {page}: the API redirected more than {requests.models.DEFAULT_REDIRECT_LIMIT} "
+                               f"times from {self._shown_url(page)} (a redirect loop?): check --base-url") from None
+            except requests.exceptions.RequestException as exc:  # a redirect to a bad URL, say
+                raise ApiError(f"page {page}: the request to {self._shown_url(page)} failed: {_short(exc)}") from None
             self._answered.set()
             status = response.status_code
             if status == 429 or status == 408 or status >= 500:

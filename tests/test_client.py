@@ -208,6 +208,24 @@ def test_the_key_is_kept_on_a_same_host_redirect():
         assert [r.headers.get("x-api-key") for r in api.requests] == [key, key]
 
 
+def test_a_redirect_loop_fails_at_once_with_one_clear_message():
+    key = "k-secret-redirect-3"
+    with ScriptedAPI(lambda r: (302, {"Location": r.path}, "")) as api:
+        with pytest.raises(ApiError) as raised:
+            ApiClient(api.base_url, 6, api_key=key, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
+        assert len(api.requests) == 31  # the first request and requests' 30 redirects, not retried
+    assert str(raised.value) == (f"page 1: the API redirected more than 30 times from {api.base_url}/users?page=1"
+                                 "&per_page=6 (a redirect loop?): check --base-url")
+
+
+def test_a_redirect_to_a_url_requests_cannot_follow_fails_with_one_line():
+    with ScriptedAPI(lambda r: (302, {"Location": "ftp://files.example/users"}, "")) as api:
+        with pytest.raises(ApiError, match=r"^page 1: the request to http://127\.0\.0\.1:\d+/api/users\?page=1"
+                                           r"&per_page=6 failed: No connection adapters"):
+            ApiClient(api.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
+        assert len(api.requests) == 1
+
+
 def test_every_page_is_sent_as_session_get_would_send_it():
     # the client sends a copy of one prepared request per page (the session's settings merged
     # once); what reaches the server must be what plain requests sends: path, query, headers
