@@ -7,7 +7,7 @@
 -- column last_name: Last name, whitespace trimmed and collapsed, case kept.
 -- column email: Email, trimmed and lower-cased (may be invalid: see quality_issues).
 -- column email_domain: Domain of a valid email; 'unknown' otherwise.
--- column avatar_url: Avatar URL as sent.
+-- column avatar_url: Avatar URL, whitespace trimmed.
 -- column engagement_level: high / medium / low / unknown: from engagement_score where the record carries it, else a stable hash of the id.
 -- column activity_status: active / inactive / unknown: from last_activity_at (90 days before the run) where carried, else a stable hash of the id.
 -- column acquisition_channel: website / mobile_app / email_campaign (stable hash of the id).
