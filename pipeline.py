@@ -89,7 +89,10 @@ def _demo_server(enabled: bool, **kwargs):
         return
     from extract.demo_api import DemoAPI
 
-    server = DemoAPI(port=DEMO_PORT, **kwargs)
+    port = _env_int("DEMO_PORT", DEMO_PORT)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"{ENV_PREFIX}DEMO_PORT must be a port number from 0 to 65535, not {port}")
+    server = DemoAPI(port=port, **kwargs)
     try:
         server.start()
     except OSError:
@@ -187,7 +190,8 @@ def _add_source_flags(parser):
                        help="continue the last run if it failed during extraction: fetch only the pages it "
                             "did not land, then build and export as usual")
     group.add_argument("--demo", action="store_true",
-                       help="start the bundled demo API on 127.0.0.1 and sync from it (no network needed)")
+                       help="start the bundled demo API on 127.0.0.1 and sync from it (no network needed); "
+                            f"port {DEMO_PORT} (env PIPELINE_DEMO_PORT), any free one if that is taken")
     group.add_argument("--keep-runs", type=int, default=_env_int("KEEP_RUNS", None), metavar="N",
                        help="after extracting, delete raw pages of all but the last N runs (default: keep all)")
 

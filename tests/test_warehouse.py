@@ -424,7 +424,7 @@ def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then
     con.close()
 
 
-@pytest.mark.parametrize("mode", ["read-write", "read-only"])
+@pytest.mark.parametrize("mode", ["read_write", "read_only"])
 def test_the_warehouse_is_seen_as_held_without_being_opened(tmp_path, mode):
     # page 1 is asked for while the warehouse opens only when it should open at once; the
     # check must not open the file: closing any descriptor of it would drop this process's
@@ -435,9 +435,8 @@ def test_the_warehouse_is_seen_as_held_without_being_opened(tmp_path, mode):
     assert opens_without_waiting(warehouse)  # no file yet
     duckdb.connect(str(warehouse)).close()
     assert opens_without_waiting(warehouse)  # a closed database
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace("duckdb.connect(sys.argv[1])",
-                               f"duckdb.connect(sys.argv[1], read_only={mode == 'read-only'})"),
-                               str(warehouse), "30"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30", mode],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         if Path("/proc/locks").exists():
