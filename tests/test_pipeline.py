@@ -119,6 +119,8 @@ def test_messy_data_with_transient_faults_succeeds_and_marts_match_export(tmp_pa
     }
     assert buckets["medium_quality"] + buckets["low_quality"] > 0
     assert doc["metadata"]["duplicates_removed"] == len(records) - len(customers)
+    scores = [r["data_quality_score"] for r in marts.values()]
+    assert doc["metadata"]["average_quality_score"] == pytest.approx(round(sum(scores) / len(scores), 2), abs=0.005)
 
 
 # -- failures leave the last good state -----------------------------------------------------------
