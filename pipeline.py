@@ -24,7 +24,7 @@ from pathlib import Path
 from extract.client import RetryPolicy
 from extract.errors import PipelineError, Terminated, UsageError, as_interrupt, forget_signals, note_signal
 from extract.progress import Progress
-from extract.redact import RedactingFilter, redact
+from extract.redact import RedactingFilter, redact, url_secrets
 from transform import orchestrate
 from transform.orchestrate import DEFAULT_BASE_URL, RunSummary, Settings
 
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
             rest = rest[1:]
         return demo_main(rest, prog="python pipeline.py demo-api")
     secret = os.environ.get(ENV_PREFIX + "API_KEY")
-    secrets = (secret,)
+    secrets = (secret, *url_secrets(os.environ.get(ENV_PREFIX + "BASE_URL")))
     debug = "--debug" in argv
     forget_signals()
     previous_term = signal.signal(signal.SIGTERM, _terminate)
@@ -385,7 +385,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         settings = _settings(args)
         secret = settings.api_key
-        secrets = (secret, secret.strip()) if secret else (secret,)  # Settings.validate strips the key
+        # Settings.validate strips the key
+        secrets = (*((secret, secret.strip()) if secret else ()), *url_secrets(settings.base_url))
         logging.addLevelName(logging.WARNING, "warning")  # as the summary's own lines say it
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         for handler in logging.getLogger().handlers:

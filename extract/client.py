@@ -30,7 +30,7 @@ import requests
 import tenacity
 
 from .errors import ApiError, Cancelled
-from .redact import redact, strip_userinfo
+from .redact import redact, strip_userinfo, url_secrets
 
 API_KEY_HEADER = "x-api-key"
 
@@ -228,6 +228,7 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.per_page = per_page
         self._api_key = api_key
+        self._secrets = (api_key, *url_secrets(base_url))
         self.policy = policy or RetryPolicy()
         self.throttle = throttle
         self.sleep = sleep
@@ -310,7 +311,7 @@ class ApiClient:
         return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/users", query, ""))
 
     def _redact(self, text: str) -> str:
-        return redact(text, self._api_key)
+        return redact(text, *self._secrets)
 
     def _shown_url(self, page: int) -> str:
         """The page URL as logged and stored: no user:password@, no key."""

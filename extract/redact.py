@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
+
+# query parameters that carry a credential by their name (?api_key=..., ?access_token=...)
+SECRET_PARAM = re.compile(r"(api[-_]?key|apikey|key|token|access[-_]?token|auth|secret|client[-_]?secret|"
+                          r"password|passwd|pwd|signature|sig)", re.IGNORECASE)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -20,6 +25,22 @@ def redact(text: str, *secrets: str | None) -> str:
             for form in {secret, quote(secret, safe=""), quote_plus(secret), escaped}:
                 text = text.replace(form, MASK)
     return text
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """The credentials a URL carries: the password of ``user:password@`` and the values of
+    query parameters named like one (``api_key``, ``token``, ...), to be redacted like the key."""
+    if not url:
+        return ()
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return ()
+    found = [password] if password else []
+    found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True)
+              if SECRET_PARAM.fullmatch(name) and value]
+    return tuple(found)
 
 
 def strip_userinfo(url: str) -> str:

@@ -153,6 +153,15 @@ def test_the_key_is_sent_as_x_api_key_and_never_appears_in_errors():
     assert key not in str(raised.value) and "***" in str(raised.value)
 
 
+def test_the_credentials_a_base_url_carries_are_found_by_name():
+    from extract.redact import url_secrets
+
+    url = "https://user:pa55word@api.example/v1?page_size=5&api_key=k1&Access-Token=t2&region=eu&sig="
+    assert url_secrets(url) == ("pa55word", "k1", "t2")
+    assert url_secrets("https://api.example/v1?keyword=shoes&tokens=3") == ()
+    assert url_secrets(None) == () and url_secrets("http://[::1") == ()
+
+
 def _redirecting(target_base):
     def respond(request):
         if "/hop" in request.path:

@@ -595,9 +595,11 @@ def test_warehouse_is_written_with_storage_version_1_0(tmp_path):
     assert tags["storage_version"].startswith("v1.0.0")
 
 
-@pytest.mark.parametrize("key", ["sk-in-url-987654321", "sk/in+url=98765 4321"])
-def test_a_key_inside_the_base_url_is_redacted_everywhere(tmp_path, key):
-    # the second key changes when URL-encoded: it is stored and shown in that form too
+@pytest.mark.parametrize("key, given_as_key", [("sk-in-url-987654321", True), ("sk/in+url=98765 4321", True),
+                                               ("tok-only-in-the-url-5555", False)])
+def test_a_key_inside_the_base_url_is_redacted_everywhere(tmp_path, key, given_as_key):
+    # the second key changes when URL-encoded: it is stored and shown in that form too; the third
+    # is only in the URL (as user:password@ and ?api_key=), not given as the API key
     from urllib.parse import quote, quote_plus
 
     forms = {key, quote(key, safe=""), quote_plus(key)}
@@ -607,7 +609,7 @@ def test_a_key_inside_the_base_url_is_redacted_everywhere(tmp_path, key):
         # requests drops nothing here: the server ignores the query; the page URL is built from it
         result = run_cli("run", "--base-url", base, "--per-page", "6", "--max-attempts", "2",
                          "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"),
-                         env={"PIPELINE_API_KEY": key})
+                         env={"PIPELINE_API_KEY": key} if given_as_key else {})
     assert result.returncode == 1
     assert "***" in result.stderr and not any(form in result.stdout + result.stderr for form in forms)
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)

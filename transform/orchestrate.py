@@ -22,7 +22,7 @@ from extract.crashpoints import crash_point
 from extract.errors import PipelineError, UsageError, WarehouseError, as_interrupt
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
-from extract.redact import redact, strip_userinfo
+from extract.redact import redact, strip_userinfo, url_secrets
 from extract.throttle import Throttle
 
 from . import export as export_mod
@@ -97,7 +97,13 @@ class Settings:
 
     @property
     def safe_base_url(self) -> str:
-        return redact(strip_userinfo(self.base_url), self.api_key)
+        return redact(strip_userinfo(self.base_url), *self.secrets)
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """What never appears in a line, a file or the warehouse: the key, and any credential
+        in the base URL (``user:password@``, ``?api_key=...``)."""
+        return (self.api_key, *url_secrets(self.base_url))
 
 
 @dataclass
@@ -304,7 +310,7 @@ class _Run:
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         if self.run_id is not None and not self.published_before:
-            _fail_run(self.con, self.run_id, stage, redact(str(exc), self.settings.api_key) or exc.__class__.__name__)
+            _fail_run(self.con, self.run_id, stage, redact(str(exc), *self.settings.secrets) or exc.__class__.__name__)
 
     def run(self) -> RunSummary:
         try:
