@@ -22,7 +22,8 @@ import traceback
 from pathlib import Path
 
 from extract.client import RetryPolicy
-from extract.errors import PipelineError, Terminated, UsageError, as_interrupt, forget_signals, note_signal
+from extract.errors import (PipelineError, Terminated, UsageError, as_interrupt, defer, forget_signals,
+                            note_signal)
 from extract.progress import Progress
 from extract.redact import RedactingFilter, redact, url_secrets
 from transform import orchestrate
@@ -358,12 +359,14 @@ def _print_status(info: dict, as_json: bool) -> None:
 
 def _terminate(signum, frame):
     note_signal(Terminated)
-    raise Terminated()
+    if not defer(Terminated):
+        raise Terminated()
 
 
 def _interrupt(signum, frame):
     note_signal(KeyboardInterrupt)
-    raise KeyboardInterrupt()
+    if not defer(KeyboardInterrupt):
+        raise KeyboardInterrupt()
 
 
 def main(argv=None) -> int:

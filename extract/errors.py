@@ -5,6 +5,8 @@ with a non-zero exit and no traceback; anything else is a bug and keeps its trac
 behind ``--debug``.
 """
 
+import contextlib
+
 
 class PipelineError(Exception):
     """An expected failure: bad input, a failing API, a locked warehouse, a failed test."""
@@ -49,9 +51,43 @@ class Terminated(KeyboardInterrupt):
 _signals: list[type[KeyboardInterrupt]] = []  # what the CLI's signal handlers raised, newest last
 
 
+_deferring = 0  # inside signals_deferred(): the handlers note a stop instead of raising it
+_deferred: list[type[KeyboardInterrupt]] = []
+
+
 def forget_signals() -> None:
     """A new command starts: interrupts noted by an earlier one (library use) do not carry over."""
     _signals.clear()
+    _deferred.clear()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM wait until the block is done: a commit cut short by an interrupt may
+    have happened or not, and a rollback cut short leaves DuckDB mid-cleanup. The CLI's handlers
+    note a stop that comes meanwhile (``defer``); ``raise_deferred()`` raises it afterwards."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
+def defer(kind: type[KeyboardInterrupt]) -> bool:
+    """For a signal handler: True (and the stop noted) when it must not raise now."""
+    if _deferring:
+        _deferred.append(kind)
+        return True
+    return False
+
+
+def raise_deferred() -> None:
+    """Raise the stop that came during a ``signals_deferred()`` block, if one did."""
+    if _deferred:
+        kind = _deferred[-1]
+        _deferred.clear()
+        raise kind()
 
 
 def note_signal(kind: type[KeyboardInterrupt]) -> None:

@@ -793,6 +793,50 @@ def test_a_stop_inside_the_checkpoint_is_an_interrupt_of_a_published_run(tmp_pat
     assert run == ([("succeeded", None, None)] if raised.value.exported else [("failed", "export", "KeyboardInterrupt")])
 
 
+def test_ctrl_c_as_the_build_commits_stops_after_the_commit_not_inside_it(tmp_path, monkeypatch, capsys):
+    # a signal that came while DuckDB committed was raised once the commit was done; the rollback
+    # that followed failed ('no transaction is active'), and that error hid the stop: exit 1,
+    # the run recorded as failed at build though its rows were published. The commit now holds
+    # the signal until it is over, and the stop is one of a published run.
+    import pipeline
+
+    real_connect = orchestrate.connect
+
+    class SignalledAtCommit:
+        def __init__(self, con):
+            self._con = con
+
+        def execute(self, sql, *args):
+            result = self._con.execute(sql, *args)
+            if sql == "commit" and not SignalledAtCommit.sent:
+                SignalledAtCommit.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # handled before execute() returns
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+    SignalledAtCommit.sent = False
+    base = ["--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"), "-q"]
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        assert pipeline.main(["run", "--base-url", api.base_url, *base]) == 0
+        before = (tmp_path / "o.json").read_bytes()
+        capsys.readouterr()
+        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: SignalledAtCommit(real_connect(*a, **k)))
+        code = pipeline.main(["run", "--base-url", api.base_url, *base])
+    err = capsys.readouterr().err
+    assert SignalledAtCommit.sent
+    assert code == 130, err
+    assert error_lines(err) == ["error: interrupted after run 2 was published; the last export is unchanged "
+                                "(`python pipeline.py export` writes the new one)"], err
+    assert (tmp_path / "o.json").read_bytes() == before
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(2,)]
+    assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+        (1, "succeeded", None), (2, "failed", "export")]
+    con.close()
+
+
 def test_ctrl_c_during_the_export_marks_the_run_failed_and_leaves_nothing_running(tmp_path, monkeypatch):
     # the export runs on its own cursor beside the checkpoint; Ctrl-C there must still mark the
     # run failed at 'export', wait for the export thread, and keep the last document

@@ -19,7 +19,7 @@ import duckdb
 
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
-from extract.errors import PipelineError, UsageError, WarehouseError, as_interrupt
+from extract.errors import PipelineError, UsageError, WarehouseError, as_interrupt, raise_deferred
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo, url_secrets
@@ -467,6 +467,7 @@ class _Run:
         finishing = None
         failed_stage = "checkpoint"
         try:
+            raise_deferred()  # Ctrl-C during the commit: the run is published, nothing more is done
             if "export" in steps or wants_docs:
                 prepared = self.prepared
                 finishing = _CursorJob(con, "finish", lambda cursor, stopping: _export_and_render(

@@ -21,7 +21,7 @@ from typing import Callable
 import duckdb
 
 from extract.crashpoints import crash_point
-from extract.errors import DataTestError, ModelError
+from extract.errors import DataTestError, ModelError, signals_deferred
 
 from .project import Model, Project
 from .warehouse import sql_literal, utcnow
@@ -195,10 +195,12 @@ class Runner:
             if before_commit is not None:
                 before_commit()
             crash_point("before-publish")
-            self.con.execute("commit")
+            with signals_deferred():  # a commit is not cut in two: a stop meanwhile comes after it
+                self.con.execute("commit")
         except BaseException as exc:
-            self.con.execute("rollback")
-            self._record_failure(results, tests, states, building, exc)
+            with signals_deferred():  # nor the rollback (the stop that came first is the one raised)
+                self.con.execute("rollback")
+                self._record_failure(results, tests, states, building, exc)
             raise
         return BuildResult(results, tests, input_run)
 
