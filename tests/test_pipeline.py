@@ -793,6 +793,42 @@ def test_a_stop_inside_the_checkpoint_is_an_interrupt_of_a_published_run(tmp_pat
     assert run == ([("succeeded", None, None)] if raised.value.exported else [("failed", "export", "KeyboardInterrupt")])
 
 
+def test_a_checkpoint_duckdb_cannot_write_is_one_line_saying_what_is_safe(tmp_path, monkeypatch):
+    # a full disk at the checkpoint: DuckDB invalidates the database ('FATAL Error'); trying the
+    # checkpoint again said only 'database has been invalidated', as an unexpected error
+    from extract.errors import WarehouseError
+
+    real_connect = orchestrate.connect
+    checkpoints = []
+
+    class DiskFull:
+        def __init__(self, con):
+            self._con = con
+
+        def execute(self, sql, *args):
+            if sql == "checkpoint":
+                checkpoints.append(sql)
+                raise duckdb.FatalException('FATAL Error: Failed to create checkpoint because of error: '
+                                            'Could not write file "w.duckdb": No space left on device')
+            return self._con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: DiskFull(real_connect(*a, **k)))
+        with pytest.raises(WarehouseError) as raised:
+            orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    exported = read_export(tmp_path / "out.json")["metadata"]["run_id"] == 2
+    assert str(raised.value) == (
+        f"run 2 was published, but DuckDB could not write it into {warehouse} (Could not write file \"w.duckdb\": "
+        f"No space left on device); it is kept in {warehouse}.wal, which DuckDB applies when the warehouse next "
+        f"opens with room to write; {'the export is written' if exported else 'the last export is unchanged'}")
+    assert checkpoints == ["checkpoint"]  # not tried again on an invalidated database
+
+
 def test_ctrl_c_as_the_build_commits_stops_after_the_commit_not_inside_it(tmp_path, monkeypatch, capsys):
     # a signal that came while DuckDB committed was raised once the commit was done; the rollback
     # that followed failed ('no transaction is active'), and that error hid the stop: exit 1,

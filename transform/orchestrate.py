@@ -225,6 +225,19 @@ def _fail_run(con, run_id: int, stage: str, error: str) -> None:
         )
 
 
+def _checkpoint_failed(exc: BaseException, warehouse, run_id: int, steps: tuple, exported: bool) -> str:
+    """A checkpoint DuckDB could not write (a full disk): the commit is safe in the WAL, which
+    DuckDB applies when the file is next opened; DuckDB's own words say why."""
+    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    for prefix in ("FATAL Error: ", "Failed to create checkpoint because of error: ", "IO Error: "):
+        reason = reason.removeprefix(prefix)
+    what = f"run {run_id} was published" if "build" in steps else f"run {run_id}'s pages were landed"
+    export = ("the export is written" if exported else "the last export is unchanged") if "export" in steps else ""
+    return (f"{what}, but DuckDB could not write it into {warehouse} ({reason[:200]}); it is kept in "
+            f"{warehouse}.wal, which DuckDB applies when the warehouse next opens with room to write"
+            + (f"; {export}" if export else ""))
+
+
 # -- steps -------------------------------------------------------------------------------------
 
 
@@ -475,7 +488,7 @@ class _Run:
                     final if run_id is not None else None, summary, prepared))
             try:
                 con.execute("checkpoint")
-            except duckdb.Error:
+            except duckdb.TransactionException:
                 if finishing is None:
                     raise
                 finishing.wait()  # a DuckDB that will not checkpoint beside a reader: one after the other
@@ -500,6 +513,8 @@ class _Run:
             if run_id is not None and "build" in steps:
                 # the build committed: say so, rather than that nothing changed
                 stop.published_run, stop.exported = run_id, exported
+                if isinstance(stop, duckdb.Error) and failed_stage == "checkpoint":
+                    raise WarehouseError(_checkpoint_failed(stop, settings.warehouse, run_id, steps, exported)) from None
                 if isinstance(stop, PipelineError) and "export" in steps and not exported:
                     raise export_mod.ExportError(f"{stop}; run {run_id} was published before the export failed, and the "
                                                  "last export is unchanged: `python pipeline.py export` writes it") from None

@@ -385,9 +385,14 @@ class RunLock:
         previous = self._read(fd)
         if previous:
             self.stale_holder = previous  # its process died without releasing: cleared now
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} ({command}) since {utcnow():%Y-%m-%dT%H:%M:%SZ}".encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} ({command}) since {utcnow():%Y-%m-%dT%H:%M:%SZ}".encode())
+            os.fsync(fd)
+        except OSError as exc:  # a full disk: nothing else could be written either
+            os.close(fd)
+            raise WarehouseError(f"cannot write the run lock {self.path} ({exc.strerror or exc}): "
+                                 "free some space on its disk") from None
         self._fd = fd
         return self
 
