@@ -34,25 +34,31 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
         return ()
     try:
         parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return ()
+        password, query = parts.password, parts.query
+    except ValueError:  # not a usable URL (an unclosed [, a bad port): its parts read by hand
+        userinfo = re.search(r"//([^/?#]*)@", url)
+        password = userinfo.group(1).partition(":")[2] if userinfo else None
+        query = url.partition("?")[2].partition("#")[0]
     found = [password] if password else []
-    found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    found += [value for name, value in parse_qsl(query, keep_blank_values=True)
               if SECRET_PARAM.fullmatch(name) and value]
     return tuple(found)
 
 
 def strip_userinfo(url: str) -> str:
     """Drop ``user:password@`` from a URL before it is shown or stored."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        port = parts.port
+    except ValueError:  # not a URL one can use (an unclosed [, a bad port): shown to say so
+        return re.sub(r"//[^/?#]*@", "//", url, count=1)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 

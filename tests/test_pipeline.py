@@ -260,6 +260,11 @@ def test_the_key_is_redacted_also_as_python_escapes_it():
     [
         (["--base-url", "ftp://example.com/api"], "--base-url must be an http(s) URL"),
         (["--base-url", "not a url"], "--base-url must be an http(s) URL"),
+        (["--base-url", "http://127.0.0.1:99999/api"], "--base-url must be an http(s) URL"),
+        (["--base-url", "http://[::1/api"], "--base-url must be an http(s) URL"),
+        (["--base-url", "http://exa mple.com/api"], "--base-url must be an http(s) URL"),
+        (["--base-url", "http://u:pw-secret-1@h:99999/api?api_key=k-secret-2"],
+         "not 'http://h:99999/api?api_key=***'"),
         (["--per-page", "0"], "--per-page must be a whole number from 1"),
         (["--concurrency", "0"], "--concurrency must be a whole number from 1"),
         (["--per-page", "ten"], "argument --per-page: invalid int value"),
@@ -269,6 +274,8 @@ def test_the_key_is_redacted_also_as_python_escapes_it():
         (["--memory-limit", "lots"], "--memory-limit lots: DuckDB does not accept it (Parser Error: Memory"),
         (["--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
         (["--threads", "100000000"], "--threads 100000000: more than this machine's"),
+        (["--keep-runs", "100000000000000000000"], "--keep-runs must be from 1 to 1,000,000,000"),
+        (["--lock-timeout", "nan"], "--lock-timeout must be from 0 to 86400 seconds, not nan"),
         (["--storage-version", "banana"], "--storage-version banana: DuckDB does not accept it (not a DuckDB"),
     ],
 )
@@ -330,7 +337,7 @@ def test_status_runs_must_be_at_least_one(tmp_path):
     result = run_cli("status", "--runs", "-3", "--warehouse", str(tmp_path / "w.duckdb"))
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
-        "error: argument --runs: must be at least 1, not -3 (see `pipeline.py status --help`)"]
+        "error: argument --runs: must be from 1 to 1,000,000,000, not -3 (see `pipeline.py status --help`)"]
 
 
 def test_unreachable_host_is_one_clear_line(tmp_path):

@@ -71,9 +71,16 @@ class Settings:
             if self.api_key and any(ord(c) < 32 or ord(c) == 127 for c in self.api_key):
                 raise UsageError("the API key contains a line break or another control character "
                                  "(it is not shown here); check where it is read from")
-        parts = urlsplit(self.base_url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--base-url must be an http(s) URL like {DEFAULT_BASE_URL}, not {self.base_url!r}")
+        try:
+            parts = urlsplit(self.base_url or "")
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(
+                c.isspace() or ord(c) < 32 for c in parts.netloc)
+        except ValueError:  # an unclosed [IPv6 bracket, a port like :99999
+            usable = False
+        if not usable:
+            shown = redact(strip_userinfo(self.base_url), *self.secrets) if self.base_url else self.base_url
+            raise UsageError(f"--base-url must be an http(s) URL like {DEFAULT_BASE_URL}, not {shown!r}")
         for name, value, low, high in (
             ("--per-page", self.per_page, 1, 10_000),
             ("--concurrency", self.concurrency, 1, 64),
@@ -82,12 +89,12 @@ class Settings:
                 raise UsageError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
         if self.max_requests_per_minute is not None and self.max_requests_per_minute < 1:
             raise UsageError(f"--max-requests-per-minute must be at least 1, not {self.max_requests_per_minute}")
-        if self.lock_timeout < 0:
-            raise UsageError("--lock-timeout must be 0 or more seconds")
+        if not 0 <= self.lock_timeout <= 86_400:  # also NaN, which compares false
+            raise UsageError(f"--lock-timeout must be from 0 to 86400 seconds, not {self.lock_timeout}")
         if not 1 <= self.retry.attempts <= 100:
             raise UsageError(f"--max-attempts must be from 1 to 100, not {self.retry.attempts}")
-        if self.keep_runs is not None and self.keep_runs < 1:
-            raise UsageError("--keep-runs must be at least 1")
+        if self.keep_runs is not None and not 1 <= self.keep_runs <= 1_000_000_000:
+            raise UsageError(f"--keep-runs must be from 1 to 1,000,000,000, not {self.keep_runs}")
         check_warehouse_name(Path(self.warehouse))
         check_settings(self.warehouse_config)
 
