@@ -298,7 +298,26 @@ def _settings(args) -> Settings:
     )
 
 
-def _print_summary(summary: RunSummary, out=sys.stdout) -> None:
+def _done(summary: RunSummary) -> str:
+    return f"run {summary.run_id} {summary.status}" if summary.run_id is not None else "the export is written"
+
+
+def _to_stdout(show, *args, done: str | None = None) -> None:
+    """Print a finished command's summary; stdout that cannot take it (a full disk, a closed
+    terminal) is one line on stderr saying the work itself is done, not a traceback."""
+    try:
+        show(*args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): handled in main
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise PipelineError(f"{done}, but its summary could not be written to stdout ({reason})" if done
+                            else f"could not write to stdout ({reason})") from None
+
+
+def _print_summary(summary: RunSummary, out=None) -> None:
+    out = out or sys.stdout
     meta = summary.metadata
     who = f"run {summary.run_id}" if summary.run_id is not None else "export"  # export alone names no run
     parts = [f"{who} {summary.status} in {summary.seconds:.1f}s"]
@@ -406,23 +425,24 @@ def main(argv=None) -> int:
                     settings.base_url = demo_url
                     progress.line(f"demo API serving on {demo_url}")
                 summary = orchestrate.run(settings, steps, progress)
-            _print_summary(summary)
+            _to_stdout(_print_summary, summary, done=_done(summary))
         elif args.command in ("build", "export"):
             summary = orchestrate.run(settings, (args.command,), progress)
-            _print_summary(summary)
+            _to_stdout(_print_summary, summary, done=_done(summary))
         elif args.command == "test":
             results = orchestrate.run_tests_only(settings)
             failing = [r for r in results if r.status != "pass"]
-            for r in results:
-                print(f"{r.status:<4} {r.test}" + (f" ({r.failing_rows} failing rows)" if r.failing_rows else ""))
+            _to_stdout(lambda: [print(f"{r.status:<4} {r.test}" + (f" ({r.failing_rows} failing rows)" if r.failing_rows
+                                                                  else "")) for r in results])
             if failing:
                 print(f"error: {len(failing)} of {len(results)} data tests failed", file=sys.stderr)
                 return 1
         elif args.command == "docs":
             settings.docs_output = args.output
-            print(f"wrote {orchestrate.write_docs_only(settings)}")
+            written = orchestrate.write_docs_only(settings)
+            _to_stdout(print, f"wrote {written}", done=f"wrote {written}")
         elif args.command == "status":
-            _print_status(orchestrate.status(settings, args.runs), args.json)
+            _to_stdout(_print_status, orchestrate.status(settings, args.runs), args.json)
         return 0
     except PipelineError as exc:
         print(f"error: {redact(str(exc), *secrets)}", file=sys.stderr)
@@ -469,4 +489,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 
 
 if __name__ == "__main__":
+    for stream in (sys.stdout, sys.stderr):  # a path or name the terminal's encoding cannot show: escaped
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     sys.exit(main())

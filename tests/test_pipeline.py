@@ -420,6 +420,26 @@ def test_a_demo_run_killed_mid_extraction_resumes_with_demo(tmp_path):
     con.close()
 
 
+def test_a_summary_stdout_cannot_take_does_not_undo_a_good_run(tmp_path):
+    # a terminal that cannot show é, or a stdout on a full disk: the run is done, and says so
+    base = ["run", "--demo", "-q", "--warehouse", str(tmp_path / "w.duckdb")]
+    ascii_run = run_cli(*base, "--output", str(tmp_path / "é.json"),
+                        env={"PYTHONIOENCODING": "ascii", "PIPELINE_DEMO_PORT": str(_free_port())})
+    assert ascii_run.returncode == 0, ascii_run.stderr
+    assert "-> " in ascii_run.stdout and "\\xe9.json" in ascii_run.stdout
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *base, "--output", str(tmp_path / "o.json")],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                                env={**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
+                                     "PIPELINE_DEMO_PORT": str(_free_port())})
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "error: run 2 succeeded, but its summary could not be written to stdout (No space left on device)"], result.stderr
+    assert read_export(tmp_path / "o.json")["metadata"]["run_id"] == 2
+
+
 def test_demo_takes_another_port_when_its_own_is_taken(tmp_path):
     import socket
 
