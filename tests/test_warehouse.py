@@ -536,6 +536,25 @@ def test_a_file_that_is_not_duckdb_is_one_line_and_left_untouched(tmp_path, api,
     assert not (tmp_path / "out.json").exists()
 
 
+def test_another_program_s_duckdb_file_with_a_raw_runs_of_its_own_is_refused_untouched(tmp_path, api):
+    warehouse = tmp_path / "theirs.duckdb"
+    con = duckdb.connect(str(warehouse))
+    con.execute("create schema raw; create table raw.runs (id integer, name varchar); insert into raw.runs values (1, 'x')")
+    con.close()
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(warehouse),
+                     "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"error: {warehouse} has a table raw.runs that is not the pipeline's (it has no run_id, started_at, "
+        "finished_at, ...): give --warehouse a file of its own"], result.stderr
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert rows(con, "select schema_name from duckdb_schemas() where database_name = current_database() "
+                     "order by 1") == [("main",), ("raw",)]
+    assert rows(con, "select * from raw.runs") == [(1, "x")]
+    con.close()
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_a_truncated_warehouse_is_one_line_and_left_untouched(tmp_path, api):
     orchestrate.run(settings(tmp_path, api.base_url))
     warehouse = tmp_path / "warehouse" / "customers.duckdb"

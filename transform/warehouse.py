@@ -114,6 +114,12 @@ FIXED_COMMENTS = {
     "meta.published_models": "The models currently published in staging/intermediate/marts, with the version and inputs they were built from.",
 }
 
+# each fixed table's columns, read off FIXED_DDL: a table of that name without them is not ours
+FIXED_COLUMNS = {
+    name: re.findall(r"^\s+(\w+)\s", body, flags=re.MULTILINE)
+    for name, body in re.findall(r"create table if not exists (\S+) \((.*?)\n\);", FIXED_DDL, flags=re.DOTALL)
+}
+
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<prog>.+?) \(PID (?P<pid>\d+)\)")
 
 
@@ -306,12 +312,24 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, remake: tuple[str, ...] = ()) 
     """
     schemas = {row[0] for row in con.execute(
         "select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
-    tables = {name: (comment, keyed) for name, comment, keyed in con.execute(
+    tables, columns = {}, {}
+    for name, comment, keyed, names in con.execute(
         """
-        select schema_name || '.' || table_name, comment, has_primary_key from duckdb_tables()
-        where database_name = current_database() and schema_name in ('raw', 'meta')
+        select t.schema_name || '.' || t.table_name, t.comment, t.has_primary_key,
+            (select list(c.column_name) from duckdb_columns() c where c.database_name = t.database_name
+                and c.schema_name = t.schema_name and c.table_name = t.table_name)
+        from duckdb_tables() t
+        where t.database_name = current_database() and t.schema_name in ('raw', 'meta')
         """
-    ).fetchall()}
+    ).fetchall():
+        tables[name], columns[name] = (comment, keyed), names
+    for name, wanted in FIXED_COLUMNS.items():  # another program's raw.runs: refused before any change
+        missing = [column for column in wanted if name in columns and column not in columns[name]]
+        if missing:
+            path = con.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()[0]
+            raise WarehouseError(f"{path} has a table {name} that is not the pipeline's (it has no "
+                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
+                                 "give --warehouse a file of its own")
     remade = [name for name in FIXED_COMMENTS  # a table with a key, or one asked for
               if name in tables and (tables[name][1] or name in remake)]
     if set(SCHEMAS) <= schemas and not remade \
