@@ -21,6 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from extract.cli import OneLineParser
 from extract.client import RetryPolicy
 from extract.errors import (PipelineError, Terminated, UsageError, as_interrupt, defer, forget_signals,
                             note_signal)
@@ -106,13 +107,6 @@ def _demo_server(enabled: bool, **kwargs):
 
 
 # -- the CLI ------------------------------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit 2 (not a usage dump)."""
-
-    def error(self, message):  # noqa: D401 - argparse's API
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _env(name: str, default=None):
@@ -217,7 +211,7 @@ def _add_common(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="pipeline.py",
         description="Sync customers from a paginated REST API into a DuckDB warehouse, build the SQL models, "
                     "test them and export one sorted JSON document.",
@@ -225,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python pipeline.py status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     commands.required = True
 
     def command(name, help_text, example):

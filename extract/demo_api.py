@@ -40,6 +40,8 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from .cli import OneLineParser
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["DemoAPI", "Fault", "RequestRecord", "generate_records", "main", "DEMO_FAULTS"]
@@ -387,7 +389,7 @@ class _ScaleData:
     Record i is computed from i alone; nothing is materialised."""
 
     def __init__(self, customers: int, duplicate_rate: float, damaged_rate: float, anchor: date):
-        if customers < 0 or duplicate_rate < 0 or not 0 <= damaged_rate <= 1:
+        if not (0 <= customers and 0 <= duplicate_rate < math.inf and 0 <= damaged_rate <= 1):  # NaN too
             raise ValueError("scale: customers >= 0, duplicate_rate >= 0, 0 <= damaged_rate <= 1")
         self.customers = customers
         self.duplicates = round(customers * duplicate_rate) if customers else 0
@@ -620,8 +622,8 @@ class DemoAPI:
             raise ValueError(f"faults must be 'demo', 'none' or a list of Fault, not {faults!r}")
         else:
             self.faults = tuple(faults)
-        if latency < 0:
-            raise ValueError("latency must be >= 0")
+        if not 0 <= latency <= 3600:  # NaN too
+            raise ValueError(f"latency must be from 0 to 3600 seconds, not {latency}")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         if default_per_page < 1 or (max_per_page is not None and max_per_page < 1):
@@ -840,7 +842,7 @@ class _Answer:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Serve the demo API until Ctrl-C."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog or "python -m extract.demo_api",
         description="Serve a reqres.in-compatible demo API (GET /api/users) on this machine.",
         epilog="example:\n  python pipeline.py demo-api --port 8000 --latency 0.05\n"

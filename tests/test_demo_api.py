@@ -507,3 +507,17 @@ def test_cli_reports_a_busy_port(capsys):
         assert main(["--port", str(port), "--faults", "none"]) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--latency", "nan"], "error: latency must be from 0 to 3600 seconds, not nan"),
+    (["--dataset", "scale", "--duplicate-rate", "nan"], "error: scale: customers >= 0, duplicate_rate >= 0"),
+    (["--bogus"], "error: unrecognized arguments: --bogus"),
+])
+def test_bad_demo_api_flags_are_one_line_and_exit_2(args, message):
+    from conftest import run_cli
+
+    result = run_cli("demo-api", "--port", "0", *args, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr

@@ -154,8 +154,11 @@ def test_a_model_with_a_sql_error_names_the_file_and_line_and_publishes_nothing(
         (lambda sql: shutil.rmtree(sql), "no SQL project at"),
         (lambda sql: [p.unlink() for p in (sql / "staging").glob("*.sql")], "') names no model (models:"),
         (lambda sql: (sql / "marts" / "dim_customers.sql").write_text("select {{ 1 + }}"), "template error"),
+        (lambda sql: (sql / "marts" / "dim_customers.sql").write_bytes(b"-- caf\xe9\nselect 1"),
+         "sql/marts/dim_customers.sql: not UTF-8 text (byte 6: b'\\xe9')"),
+        (lambda sql: (sql / "tests" / "folder.sql").mkdir(), "sql/tests/folder.sql: cannot be read (Is a directory)"),
     ],
-    ids=["unknown-ref", "cycle", "missing-sql-dir", "missing-model", "bad-jinja"],
+    ids=["unknown-ref", "cycle", "missing-sql-dir", "missing-model", "bad-jinja", "not-utf8", "folder"],
 )
 def test_a_broken_project_is_one_line_and_touches_nothing(tmp_path, api, change, message):
     orchestrate.run(settings(tmp_path, api.base_url))

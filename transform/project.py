@@ -180,7 +180,7 @@ class Project:
                 if name in self.models:
                     other = self.models[name].path
                     raise ModelError(f"two models are named {name}: {self._rel(other)} and {self._rel(path)}")
-                template = path.read_text(encoding="utf-8")
+                template = self._read(path)
                 description, grain, materialized, columns, inputs, incremental = parse_header(template)
                 if materialized not in MATERIALIZATIONS:
                     raise ModelError(
@@ -198,11 +198,20 @@ class Project:
                                           columns, inputs, incremental)
         if not self.models:
             raise ModelError(f"no models found under {self.sql_dir}/{{{','.join(LAYERS)}}}/")
-        self.macros = [(p, p.read_text(encoding="utf-8")) for p in sorted((self.sql_dir / "macros").glob("*.sql"))]
+        self.macros = [(p, self._read(p)) for p in sorted((self.sql_dir / "macros").glob("*.sql"))]
         for folder, target in (("tests", self.tests), ("export", self.queries)):
             for path in sorted((self.sql_dir / folder).glob("*.sql")):
-                template = path.read_text(encoding="utf-8")
+                template = self._read(path)
                 target[path.stem] = Query(path.stem, path, template, parse_header(template)[0])
+
+    def _read(self, path: Path) -> str:
+        """A SQL file's text; one that cannot be read (not UTF-8, a folder named *.sql) names itself."""
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{self._rel(path)}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from None
+        except OSError as exc:
+            raise ModelError(f"{self._rel(path)}: cannot be read ({exc.strerror or exc})") from None
 
     def _rel(self, path: Path) -> str:
         try:
