@@ -29,7 +29,7 @@ class Cancelled(PipelineError):
 
 
 class WarehouseError(PipelineError):
-    """The warehouse file is locked, damaged, or not a DuckDB database."""
+    """The warehouse file is locked, damaged, not a DuckDB database, or refused a batch of pages."""
 
 
 class ModelError(PipelineError):

@@ -107,3 +107,93 @@ def test_an_api_short_of_what_it_reported_warns_once_per_fact(tmp_path):
                         "not asking for the pages after it",
                         "warning: the API reported 10 records but 4 were received"], result.stderr
     assert json.loads((tmp_path / "o.json").read_text())["metadata"]["total_customers"] == 4
+
+
+# A record with a lone UTF-16 surrogate escape, as the JSON text carries it: Python's parser
+# takes it, DuckDB's does not. PII marks what must never reach a message.
+PII = "ana.secret@example.com"
+LONE_SURROGATE_PAGE = ('{"page": 2, "per_page": 2, "total_pages": 3, "data": [{"id": 3, "first_name": "\\ud800", '
+                       f'"email": "{PII}"}}, {{"id": 4, "first_name": "Four", "email": "{PII}"}}]}}')
+
+
+def _pages_with_page_2(page_2):
+    """Three pages of two; page 2 is ``page_2(attempt)`` (a body), page 3 names its first customer
+    with an emoji escaped as a surrogate pair, as json.dumps writes it."""
+    def respond(request):
+        if request.page == 2:
+            return 200, {}, page_2(request.attempt)
+        first = {"id": 5, "first_name": "\U0001F600 Smile", "email": "e@x.io"} if request.page == 3 else \
+            {"id": request.page * 2 - 1, "first_name": "One", "email": PII}
+        records = [first, {"id": request.page * 2, "first_name": "Two", "email": "t@x.io"}]
+        return 200, {}, json.dumps(page_body(request.page, 2, records, total_pages=3))
+    return respond
+
+
+def test_a_lone_surrogate_escape_is_a_bad_body_retried_and_escaped_pairs_land(tmp_path):
+    good_page_2 = json.dumps(page_body(2, 2, [{"id": 3, "first_name": "Three"}, {"id": 4}], total_pages=3))
+    with ScriptedAPI(_pages_with_page_2(lambda attempt: LONE_SURROGATE_PAGE if attempt == 1 else good_page_2)) as api:
+        summary = orchestrate.run(settings(tmp_path, api.base_url, per_page=2))
+        assert api.pages_requested().count(2) == 2  # the bad body was retried
+    assert summary.metadata["total_customers"] == 6
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    names = dict(rows(con, "select customer_id, first_name from marts.dim_customers"))
+    page_3 = rows(con, "select body::varchar from raw.api_pages where page = 3")[0][0]
+    con.close()
+    assert names[5] == "\U0001F600 Smile" and names[3] == "Three"
+    assert "\\ud83d\\ude00" in page_3  # landed as received: the escaped pair, not re-encoded
+
+
+def test_a_page_that_keeps_a_lone_surrogate_fails_naming_it_without_record_contents(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    with ScriptedAPI(_pages_with_page_2(lambda attempt: LONE_SURROGATE_PAGE)) as api:
+        result = run_cli("run", "--base-url", api.base_url, "--per-page", "2", "--max-attempts", "2",
+                         "--warehouse", str(warehouse), "--output", str(tmp_path / "o.json"))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: page 2: gave up after 2 attempts, last: the body "
+                                                     "holds a lone UTF-16 surrogate escape (\\ud800), which is "
+                                                     "not valid JSON text"), result.stderr
+    assert PII not in result.stderr and "Exception" not in result.stderr
+    con = duckdb.connect(str(warehouse), read_only=True)
+    landed = [page for (page,) in rows(con, "select page from raw.api_pages order by page")]
+    error = rows(con, "select error from raw.runs")[0][0]
+    con.close()
+    assert 1 in landed and 2 not in landed  # the good pages landed, kept for --resume
+    assert PII not in error
+
+
+@pytest.mark.parametrize("body", ['{"data": [{"id": 1, "first_name": "\\uDC00"}]}', '{"\\ud800": 1, "data": []}',
+                                  '{"data": ' + "[" * 200_000, '{"data": ' + "[" * 200_000 + "]" * 200_000 + "}"])
+def test_bodies_python_parses_but_duckdb_would_not_land_are_retried_then_fail(body):
+    from extract.client import ApiClient
+    from conftest import FAST_RETRY
+
+    with ScriptedAPI(lambda r: (200, {}, body)) as api:
+        with pytest.raises(ApiError, match=r"^page 1: gave up after \d+ attempts, last: the body (holds a lone "
+                                           r"UTF-16 surrogate escape \(\\ud[8c]00\)|is nested too deeply)"):
+            ApiClient(api.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
+        assert len(api.requests) == FAST_RETRY.attempts
+
+
+def test_a_batch_duckdb_refuses_fails_in_one_line_naming_its_pages_not_their_bodies(con):
+    # validation keeps such a body out; should DuckDB refuse a batch all the same, the error
+    # names the pages and DuckDB's reason, never the bodies DuckDB quotes
+    from datetime import datetime, timezone
+
+    from extract.client import Page
+    from extract.errors import WarehouseError
+    from extract.land import land_pages
+
+    def page(number, body):
+        return Page(number, f"http://127.0.0.1/api/users?page={number}", 200, body, json.loads(body),
+                    datetime.now(timezone.utc), 1, 0.0)
+
+    good = json.dumps(page_body(1, 2, [{"id": 1, "email": PII}], total_pages=9))
+    batch = [page(n, good) for n in (2, 3, 4, 7)] + [page(5, LONE_SURROGATE_PAGE)]
+    with pytest.raises(WarehouseError) as raised:
+        land_pages(con, 1, batch)
+    message = str(raised.value)
+    assert message.startswith("landing pages 2-5, 7 failed (none of them landed): DuckDB: Conversion Error: "
+                              "Malformed JSON"), message
+    assert PII not in message and "ud800" not in message and len(message) < 300 and "\n" not in message
+    assert rows(con, "select count(*) from raw.api_pages") == [(0,)]
