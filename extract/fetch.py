@@ -125,6 +125,10 @@ def extract_run(
     result.reported_total = total_of(first)
     total_pages = total_pages_of(first)
     first_records = first.get("data") or []
+    if total_pages is not None and total_pages > MAX_PAGES:
+        # checked before planning: the plan holds every page number (10**9 of them: tens of GB)
+        lander.flush()
+        raise ApiError(f"page 1 reports {total_pages} pages; more than the {MAX_PAGES} allowed")
     if progress:
         progress.update(result, total_pages, pending=len(lander.buffer))
 

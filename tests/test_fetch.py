@@ -162,6 +162,19 @@ def test_an_api_whose_total_pages_grows_with_every_repeated_page_stops(con):
     assert any(w.startswith("page 3 repeats page 2 although total_pages grew to 3") for w in result.warnings)
 
 
+def test_a_first_page_reporting_more_pages_than_allowed_fails_before_any_other_request(con, monkeypatch):
+    # 10**9 on page 1 once filled the plan with 10**9 page numbers (~300 MB a second); the
+    # limit is lowered here so that, without the check, the test fetches pages, not memory
+    import extract.fetch
+
+    monkeypatch.setattr(extract.fetch, "MAX_PAGES", 50)
+    with ScriptedAPI(paged(total_pages=lambda page, real: 1000)) as api:
+        with pytest.raises(ApiError, match=r"^page 1 reports 1000 pages; more than the 50 allowed$"):
+            extract_with(con, api.base_url)
+        assert api.pages_requested() == [1]
+    assert landed(con) == [(1, 5)]  # what arrived is kept
+
+
 def test_empty_first_page_and_data_null_stop_at_once(con):
     with ScriptedAPI(lambda r: (200, {}, {"page": 1, "total_pages": 4, "data": None})) as api:
         result = extract_with(con, api.base_url)
