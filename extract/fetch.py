@@ -139,7 +139,7 @@ def extract_run(
         lander.flush()
         return result
 
-    if total_pages is None:
+    if not total_pages:  # None, or 0 although page 1 has records: it cannot say where to stop
         result.warn(
             f"page 1 has no usable total_pages ({first.get('total_pages')!r}); "
             "paging one by one until an empty, short or repeated page"

@@ -125,13 +125,14 @@ def test_records_after_an_empty_page_are_fetched_after_all(con):
     assert any(w.startswith("page 3 of 8 is empty") for w in result.warnings)
 
 
-@pytest.mark.parametrize("value", [None, "five", 2.5, -1, True])
+@pytest.mark.parametrize("value", [None, "five", 2.5, -1, True, 0, 0.0])
 def test_missing_or_non_integer_total_pages_pages_until_a_short_page(con, value):
+    # 0 with records on page 1 too: it once ended the run after page 1, with only a warning
     with ScriptedAPI(paged(total_pages=lambda page, real: value)) as api:
         result = extract_with(con, api.base_url)
         assert api.pages_requested() == [1, 2, 3, 4, 5]
-    assert result.records_landed == 23
-    assert any("no usable total_pages" in w for w in result.warnings)
+    assert result.records_landed == 23 and result.pages_expected == 5
+    assert any(w.startswith(f"page 1 has no usable total_pages ({value!r}); paging one by one") for w in result.warnings)
 
 
 def test_an_api_that_repeats_its_last_page_forever_stops(con):
