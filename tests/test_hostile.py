@@ -197,3 +197,17 @@ def test_a_batch_duckdb_refuses_fails_in_one_line_naming_its_pages_not_their_bod
                               "Malformed JSON"), message
     assert PII not in message and "ud800" not in message and len(message) < 300 and "\n" not in message
     assert rows(con, "select count(*) from raw.api_pages") == [(0,)]
+
+
+def test_an_api_that_ignores_the_page_parameter_fails_the_run_in_one_line(tmp_path):
+    # every request gets page 1's customers: the run used to publish those 6 of 12 and exit 0
+    customers = [{"id": i, "first_name": f"F{i}", "email": f"u{i}@x.io"} for i in range(1, 7)]
+    with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, customers, total_pages=2, total=12))) as api:
+        result = run_cli("run", "--base-url", api.base_url, "--per-page", "6",
+                         "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"))
+        assert sorted(api.pages_requested()) == [1, 2]  # page 2 once: not retried
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: page 2: the API answered with page 1 instead; it does not seem to read ?page= "
+                      "(check --base-url)"], result.stderr
+    assert not (tmp_path / "o.json").exists()
