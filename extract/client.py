@@ -11,7 +11,9 @@
 
 Waits are exponential with jitter, capped; a ``Retry-After`` header (seconds or an HTTP
 date) is honoured as a lower bound, clamped to ``retry_after_max``, so ``Retry-After: 0``
-still waits the backoff and never becomes a hot loop. Every request has a timeout.
+still waits the backoff and never becomes a hot loop. Every request has a timeout: to
+connect, for each wait for bytes, and for the whole attempt (``total_timeout``, kept by
+``deadline.WATCHDOG``: a server trickling its answer is cut there and retried).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
+from .deadline import WATCHDOG, Deadline, DeadlineAdapter, close_connection
 from .errors import ApiError, Cancelled
 from .redact import redact, strip_userinfo, url_secrets
 
@@ -47,7 +50,8 @@ class RetryPolicy:
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # for each wait for bytes
+    total_timeout: float = 120.0  # for one attempt: connect, headers and the whole body
 
 
 @dataclass
@@ -132,8 +136,14 @@ class ApiSession(requests.Session):
     """A Session that never forwards the API key to another host on a redirect.
 
     requests strips ``Authorization`` on a cross-host redirect but knows nothing of
-    ``x-api-key``; this extends the same rule to it.
+    ``x-api-key``; this extends the same rule to it. Its adapters let a request's total
+    deadline (``RetryPolicy.total_timeout``) cut the connection it is using.
     """
+
+    def __init__(self):
+        super().__init__()
+        self.mount("https://", DeadlineAdapter())
+        self.mount("http://", DeadlineAdapter())
 
     def rebuild_proxies(self, prepared_request, proxies):
         """A redirect's proxy comes from the environment for the URL it goes to, as in plain
@@ -315,7 +325,7 @@ class ApiClient:
     def cancel(self) -> None:
         """Stop every fetch of this client: no new attempt starts, backoff sleeps end now.
 
-        A request already on the wire finishes (its timeout bounds it); its page is kept.
+        A request already on the wire finishes (``total_timeout`` bounds it); its page is kept.
         """
         self._stopping.set()
         if self.throttle is not None:
@@ -362,22 +372,20 @@ class ApiClient:
         ok = False
         try:
             self.stats.add(requests_=1)
+            # the read timeout bounds each wait for bytes; this, the whole attempt (a server
+            # trickling its answer byte by byte): past it, the watchdog shuts the socket
+            deadline = WATCHDOG.watch(self.policy.total_timeout)
             try:
-                response = self._get(url)
-                body = response.text  # reads the whole body: a truncated one raises here
-            except requests.exceptions.Timeout as exc:
-                raise TransientError(f"timed out ({exc.__class__.__name__})")
-            except requests.exceptions.ChunkedEncodingError as exc:
-                raise TransientError(f"the body was cut off ({_short(exc)})")
-            except requests.exceptions.ContentDecodingError as exc:
-                raise TransientError(f"the body could not be decoded ({_short(exc)})")
-            except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is a Timeout, above
-                raise connection_failure(exc, url) from None
-            except requests.exceptions.TooManyRedirects:
-                raise ApiError(f"page {page}: the API redirected more than {requests.models.DEFAULT_REDIRECT_LIMIT} "
-                               f"times from {self._shown_url(page)} (a redirect loop?): check --base-url") from None
-            except requests.exceptions.RequestException as exc:  # a redirect to a bad URL, say
-                raise ApiError(f"page {page}: the request to {self._shown_url(page)} failed: {_short(exc)}") from None
+                response, body = self._receive(page, url)
+            except Exception:
+                if WATCHDOG.unwatch(deadline):  # the cut socket is why it failed
+                    raise self._overdue(deadline) from None
+                raise
+            finally:
+                WATCHDOG.unwatch(deadline)
+            if deadline.expired:  # complete, or cut short: a body ended by closing looks complete
+                response.close()
+                raise self._overdue(deadline)
             self._answered.set()
             status = response.status_code
             if status == 429 or status == 408 or status >= 500:
@@ -412,6 +420,31 @@ class ApiClient:
         finally:
             if self.throttle is not None:
                 self.throttle.release(ok)
+
+    def _receive(self, page: int, url: str) -> tuple[requests.Response, str]:
+        """The response and its whole body as text; a failure as TransientError or ApiError."""
+        try:
+            response = self._get(url)
+            return response, response.text  # reads the whole body: a truncated one raises here
+        except requests.exceptions.Timeout as exc:
+            raise TransientError(f"timed out ({exc.__class__.__name__})")
+        except requests.exceptions.ChunkedEncodingError as exc:
+            raise TransientError(f"the body was cut off ({_short(exc)})")
+        except requests.exceptions.ContentDecodingError as exc:
+            raise TransientError(f"the body could not be decoded ({_short(exc)})")
+        except requests.exceptions.ConnectionError as exc:  # ConnectTimeout is a Timeout, above
+            raise connection_failure(exc, url) from None
+        except requests.exceptions.TooManyRedirects:
+            raise ApiError(f"page {page}: the API redirected more than {requests.models.DEFAULT_REDIRECT_LIMIT} "
+                           f"times from {self._shown_url(page)} (a redirect loop?): check --base-url") from None
+        except requests.exceptions.RequestException as exc:  # a redirect to a bad URL, say
+            raise ApiError(f"page {page}: the request to {self._shown_url(page)} failed: {_short(exc)}") from None
+
+    def _overdue(self, deadline: Deadline) -> TransientError:
+        """An attempt past its total deadline: retried like a timeout. Its connection is closed:
+        shut by the watchdog, it may be back in the pool."""
+        close_connection(deadline)
+        return TransientError(f"timed out: no complete answer within {self.policy.total_timeout:g} s")
 
     def _fatal_message(self, page: int, status: int, response) -> str:
         hints = {

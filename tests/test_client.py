@@ -11,7 +11,7 @@ from conftest import FAST_RETRY
 from extract.client import ApiClient, RetryPolicy, backoff_seconds, parse_retry_after
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError
-from scripted_api import ScriptedAPI, page_body
+from scripted_api import ScriptedAPI, Trickle, page_body
 
 
 def test_parse_retry_after_seconds_and_http_dates():
@@ -59,6 +59,40 @@ def test_connection_reset_and_read_timeout_are_retried():
     with DemoAPI(dataset="reqres", faults=faults) as api:
         page = _client(api.base_url, policy=policy).get_page(1)
     assert page.attempts == 3 and len(page.records) == 6
+
+
+TRICKLING = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.02, connect_timeout=2.0, read_timeout=2.0,
+                       total_timeout=1.0)
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers and body"])
+def test_an_answer_trickled_past_the_total_timeout_is_cut_there_and_retried(headers):
+    # a byte every 50 ms never trips the 2 s read timeout; the page's ~150 bytes take ~8 s
+    def respond(request):
+        body = page_body(1, 6, [{"id": 1, "first_name": "Slow"}], total_pages=1, total=1)
+        return 200, {}, Trickle(body, every=0.05, headers=headers) if request.attempt == 1 else body
+
+    with ScriptedAPI(respond) as api:
+        client = _client(api.base_url, policy=TRICKLING)
+        started = time.monotonic()
+        page = client.get_page(1)
+        elapsed = time.monotonic() - started
+        again = client.get_page(1)  # the cut connection is not reused
+    assert page.attempts == 2 and page.records == [{"id": 1, "first_name": "Slow"}]
+    assert 1.0 <= elapsed < 3.0, elapsed
+    assert again.attempts == 1 and again.body == page.body
+
+
+def test_a_page_always_trickled_fails_naming_the_total_timeout():
+    trickled = Trickle(page_body(1, 6, [{"id": 1}], total_pages=1), every=0.05)
+    with ScriptedAPI(lambda r: (200, {}, trickled)) as api:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as raised:
+            _client(api.base_url, policy=TRICKLING).get_page(1)
+        elapsed = time.monotonic() - started
+    assert str(raised.value) == (f"page 1: gave up after 3 attempts, last: timed out: no complete answer within "
+                                 f"1 s ({api.base_url}/users?page=1&per_page=6)")
+    assert 3.0 <= elapsed < 6.0, elapsed
 
 
 def test_retry_after_is_honoured_as_a_lower_bound_and_clamped():
