@@ -85,7 +85,9 @@ def test_total_pages_shrinking_during_the_run_is_reported_not_looped(con):
     records = RECORDS[:10]
     with ScriptedAPI(paged(records, total_pages=lambda page, real: 5 if page == 1 else real)) as api:
         result = extract_with(con, api.base_url)
-        assert sorted(api.pages_requested()) == [1, 2, 3, 4, 5]
+        requested = api.pages_requested()
+    # pages 3-5 are empty: one that comes back before the others are sent stops paging there
+    assert {1, 2, 3} <= set(requested) <= {1, 2, 3, 4, 5} and len(requested) == len(set(requested))
     assert result.records_landed == 10
     assert "total_pages shrank from 5 to 2 during the run" in result.warnings
     assert any(re.fullmatch(r"page [345] of 5 is empty.*", w) for w in result.warnings)
