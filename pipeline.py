@@ -413,7 +413,7 @@ def main(argv=None) -> int:
         progress = Progress(quiet=args.quiet)
         if args.command in ("run", "extract"):
             steps = ("extract", "build", "export") if args.command == "run" else ("extract",)
-            settings.validate()  # bad flags before the demo API starts (and says so)
+            settings.validate(steps)  # bad flags before the demo API starts (and says so)
             with _demo_server(args.demo) as demo_url:
                 if demo_url:
                     settings.base_url = demo_url

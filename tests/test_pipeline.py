@@ -333,6 +333,85 @@ def test_a_warehouse_where_nothing_can_be_written_is_one_line(tmp_path):
         "warehouse's folder must be writable (a read-only copy can be queried with `duckdb -readonly`)"], result.stderr
 
 
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder or a link): to see nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() and not p.is_symlink() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+# how each output names the warehouse wh/c.duckdb (or its files), run from the test's folder
+SAME_AS_WAREHOUSE = {
+    "same": ("wh/c.duckdb", "are the same file: writing it would replace the warehouse"),
+    "dotted": ("./wh/../wh/./c.duckdb", "are the same file"),
+    "absolute": (None, "are the same file"),  # tmp_path / wh / c.duckdb
+    "symlink": ("link.json", "are the same file"),
+    "hard-link": ("hard.json", "are the same file"),
+    "wal": ("wh/c.duckdb.wal", "is the warehouse's write-ahead log: DuckDB deletes it at its next checkpoint"),
+    "lock": ("./wh/c.duckdb.lock", "is the warehouse's run lock"),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "export", "docs"])
+@pytest.mark.parametrize("form", list(SAME_AS_WAREHOUSE))
+def test_an_output_that_is_the_warehouse_or_one_of_its_files_is_refused_and_nothing_changes(
+        tmp_path, published_warehouse, command, form):
+    # the export (and the docs page) is renamed over its path: over the warehouse it replaced the
+    # database with a JSON document; over the WAL it was deleted by DuckDB's next checkpoint
+    import shutil
+
+    (tmp_path / "wh").mkdir()
+    shutil.copy(published_warehouse, tmp_path / "wh" / "c.duckdb")
+    (tmp_path / "link.json").symlink_to(tmp_path / "wh" / "c.duckdb")
+    os.link(tmp_path / "wh" / "c.duckdb", tmp_path / "hard.json")
+    output, fragment = SAME_AS_WAREHOUSE[form]
+    output = output or str(tmp_path / "wh" / "c.duckdb")
+    before = _tree(tmp_path)
+    result = run_cli(command, *(["--demo"] if command == "run" else []), "--warehouse", "wh/c.duckdb",
+                     "--output", output, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith(f"error: --output {Path(output)} ") and fragment in errors[0], \
+        result.stderr
+    assert "give" in errors[0]
+    assert _tree(tmp_path) == before  # no lock, no docs page, no temp file: nothing made or changed
+
+
+@pytest.mark.parametrize("command", ["run", "extract"])
+def test_a_warehouse_that_is_the_output_is_refused_before_anything_is_made(tmp_path, command):
+    # extract writes no export: its --output default must not be mistaken for one
+    args = ["--demo", "--warehouse", "sample.json"]
+    result = run_cli(command, *args, *(["--output", "./sample.json"] if command == "run" else []),
+                     "-q", cwd=tmp_path)
+    if command == "extract":
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        "error: --output sample.json and --warehouse sample.json are the same file: writing it would replace "
+        "the warehouse; give each its own path"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_where_the_run_writes_its_docs_page_is_refused(tmp_path):
+    # the page is written after the export, and would have replaced it
+    page = tmp_path / "docs" / "w.duckdb.html"
+    page.parent.mkdir()
+    result = run_cli("run", "--demo", "--warehouse", str(tmp_path / "w.duckdb"), "--output",
+                     str(tmp_path / "docs" / ".." / "docs" / "w.duckdb.html"))
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"error: --output {tmp_path / 'docs' / '..' / 'docs' / 'w.duckdb.html'} is where the run writes the data "
+        f"docs page ({page}): the page would replace the export; give another path"]
+    assert list(tmp_path.iterdir()) == [page.parent] and list(page.parent.iterdir()) == []
+
+
+def test_the_python_api_refuses_a_docs_page_that_is_the_warehouse(tmp_path):
+    with pytest.raises(UsageError, match="the data docs page .* and --warehouse .* are the same file"):
+        orchestrate.run(settings(tmp_path, "http://127.0.0.1:9/api", warehouse=tmp_path / "w.duckdb",
+                                 docs_output=tmp_path / "." / "w.duckdb"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_status_runs_must_be_at_least_one(tmp_path):
     result = run_cli("status", "--runs", "-3", "--warehouse", str(tmp_path / "w.duckdb"))
     assert result.returncode == 2

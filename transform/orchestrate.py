@@ -29,9 +29,9 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_settings, check_warehouse_name,
-                        compact_bookkeeping, connect, default_docs_path, ensure_schema, fetch_dicts,
-                        opens_without_waiting, require_warehouse, utcnow)
+from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_not_warehouse, check_settings,
+                        check_warehouse_name, compact_bookkeeping, connect, default_docs_path, ensure_schema,
+                        fetch_dicts, opens_without_waiting, require_warehouse, same_file, utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -63,7 +63,9 @@ class Settings:
     docs: bool = True  # write the data docs page after a successful build
     docs_output: Path | None = None  # default: warehouse.default_docs_path
 
-    def validate(self) -> None:
+    def validate(self, steps=("extract", "build", "export")) -> None:
+        """Refuse what cannot work (UsageError, exit 2) before anything is made; ``steps``: the
+        ones about to run, whose output files are checked."""
         if self.api_key is not None:
             # a key read from a file often ends in a line break; one inside it could never be
             # sent as a header (and requests would repeat the key in its error): never shown
@@ -97,6 +99,21 @@ class Settings:
             raise UsageError(f"--keep-runs must be from 1 to 1,000,000,000, not {self.keep_runs}")
         check_warehouse_name(Path(self.warehouse))
         check_settings(self.warehouse_config)
+        self.check_outputs(steps)
+
+    def check_outputs(self, steps) -> None:
+        """What ``steps`` write is neither the warehouse nor one of its files (the export or the
+        page renamed over it replaced the database), nor each other (the page replaced the export)."""
+        warehouse = Path(self.warehouse)
+        if "export" in steps:
+            check_not_warehouse(Path(self.output), warehouse)
+        if "build" in steps and self.docs:
+            page = docs_path(self)
+            check_not_warehouse(page, warehouse, "the data docs page")
+            if "export" in steps and same_file(Path(self.output), page):
+                shown = "" if str(page) == str(self.output) else f" ({page})"
+                raise UsageError(f"--output {self.output} is where the run writes the data docs page{shown}: "
+                                 "the page would replace the export; give another path")
 
     @property
     def warehouse_config(self) -> WarehouseConfig:
@@ -307,7 +324,7 @@ def _prune(con, keep_runs: int) -> int:
 
 def run(settings: Settings, steps=("extract", "build", "export"), progress: Progress | None = None) -> RunSummary:
     """Run the given steps under the warehouse's run lock; raise PipelineError on failure."""
-    settings.validate()
+    settings.validate(steps)
     if "extract" not in steps:  # build or export alone: of a warehouse a run made
         require_warehouse(Path(settings.warehouse))
     if "export" in steps:
@@ -682,6 +699,8 @@ def write_docs_only(settings: Settings) -> Path:
     """``pipeline.py docs``: the page from the warehouse as it is (read-only)."""
     from .docs import write_docs
 
+    check_not_warehouse(docs_path(settings), Path(settings.warehouse),
+                        "--output" if settings.docs_output else "the data docs page")
     project = Project(settings.sql_dir)
     con = connect(settings.warehouse_config, read_only=True)
     try:

@@ -204,6 +204,55 @@ def check_warehouse_name(path: Path) -> None:
             f"name the file otherwise, e.g. customers_{name}.duckdb")
 
 
+# What a warehouse is on disk, beside the database file itself: suffix -> what it is. DuckDB
+# names its write-ahead log and its spill folder after the path it is given; RunLock the lock.
+WAREHOUSE_COMPANIONS = {".wal": ("the warehouse's write-ahead log", "DuckDB deletes it at its next checkpoint"),
+                        ".lock": ("the warehouse's run lock", "every run rewrites it"),
+                        ".tmp": ("DuckDB's spill folder for the warehouse", "DuckDB writes there when memory is short")}
+
+
+def warehouse_files(path: Path) -> list[tuple[Path, tuple[str, str] | None]]:
+    """The warehouse file (None) and its companions (what each is, and why nothing else may be
+    written there): as given, and as resolved (a warehouse reached through a symlink has its WAL
+    and lock beside the link, its data in the target)."""
+    given = Path(path)
+    files: list[tuple[Path, tuple[str, str] | None]] = []
+    for base in dict.fromkeys((str(given), os.path.realpath(given))):
+        files.append((Path(base), None))
+        files.extend((Path(base + suffix), what) for suffix, what in WAREHOUSE_COMPANIONS.items())
+    return files
+
+
+def same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file: the same real path (symlinks, ``..``, relative or
+    absolute), or, where both exist, the same inode (a hard link has a name of its own)."""
+    if os.path.realpath(path) == os.path.realpath(other):
+        return True
+    try:
+        one, two = os.stat(path), os.stat(other)
+    except OSError:
+        return False
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
+def check_not_warehouse(output: Path, warehouse: Path, what: str = "--output") -> None:
+    """Refuse an output (``what``: the flag, or what the file is) that is the warehouse or one of
+    its companion files, before anything is written. The export and the docs page are renamed
+    over their path: over the database they replaced it with a JSON document, and over the WAL
+    the export vanished at DuckDB's next checkpoint. Compared as real paths (symlinks, ``..``,
+    relative or absolute), and by inode where both exist (hard links)."""
+    output = Path(output)
+    for path, companion in warehouse_files(warehouse):
+        if not same_file(output, path):
+            continue
+        if companion is None:
+            raise UsageError(f"{what} {output} and --warehouse {warehouse} are the same file: writing it would "
+                             "replace the warehouse; give each its own path")
+        role, why = companion
+        shown = "" if str(path) == str(output) else f" ({path})"
+        raise UsageError(f"{what} {output} is {role}{shown}: {why}; give another path")
+
+
 def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, waiting up to ``lock_timeout`` s for another process to let go."""
     path = Path(config.path)
