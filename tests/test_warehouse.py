@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -600,6 +601,97 @@ def test_an_unusable_output_path_fails_before_any_work(tmp_path, api, kind, requ
     assert len(errors) == 1 and fragment in errors[0]
     assert len(api.requests) == requests_before  # nothing fetched
     assert not (tmp_path / "w.duckdb").exists()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, api):
+    """A warehouse with the demo data published, to copy."""
+    folder = tmp_path_factory.mktemp("published")
+    orchestrate.run(settings(folder, api.base_url, warehouse=folder / "w.duckdb"))
+    return folder / "w.duckdb"
+
+
+def _tree(folder: Path) -> dict[str, tuple]:
+    """Every path under ``folder``: its kind (st_mode's type bits, through no link) and bytes."""
+    return {str(p.relative_to(folder)): (stat.S_IFMT(p.lstat().st_mode),
+                                         p.read_bytes() if stat.S_ISREG(p.lstat().st_mode) else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("command, target", [
+    ("run", "output"), ("run", "output-link"), ("run", "docs-page"),
+    ("export", "output"), ("export", "output-link"), ("docs", "output"), ("docs", "output-link")])
+def test_an_output_that_is_a_fifo_is_refused_and_stays_a_fifo(tmp_path, published, command, target):
+    # the export and the docs page are renamed over their path: that made a FIFO (or /dev/null,
+    # a device) a regular file. A symlink to one is refused too; to a regular file it is fine
+    shutil.copy(published, tmp_path / "w.duckdb")
+    (tmp_path / "docs").mkdir()
+    fifo = tmp_path / ("docs/w.duckdb.html" if target == "docs-page" else "pipe")
+    os.mkfifo(fifo)
+    output = tmp_path / "link.json" if target == "output-link" else fifo if target == "output" else tmp_path / "o.json"
+    if target == "output-link":
+        output.symlink_to(fifo)
+    before = _tree(tmp_path)
+    result = run_cli(command, *(["--demo"] if command == "run" else []), "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(output), timeout=60)
+    assert result.returncode == 2, result.stderr
+    named = f"the data docs page {fifo}" if target == "docs-page" else f"--output {output}"
+    assert error_lines(result.stderr) == [
+        f"error: {named} is a named pipe (FIFO), not a regular file: the file written there is renamed into "
+        "place and would replace it; give a file path"], result.stderr
+    assert _tree(tmp_path) == before  # the FIFO is one still, and nothing was made
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_an_output_that_is_a_symlink_to_a_file_is_replaced_by_the_export_as_before(tmp_path, api):
+    # the rename replaces the link itself; the file it pointed to is left as it was
+    target = tmp_path / "target.json"
+    target.write_text("keep me")
+    (tmp_path / "link.json").symlink_to(target)
+    result = run_cli("run", "--base-url", api.base_url, "--warehouse", str(tmp_path / "w.duckdb"),
+                     "--output", str(tmp_path / "link.json"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "link.json").read_text())["metadata"]["total_customers"] > 0
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["run", "extract", "build", "export", "test", "status", "docs"])
+def test_a_warehouse_that_is_a_fifo_is_one_line_at_once_not_a_hang(tmp_path, command):
+    # DuckDB opening a FIFO waits for a writer: the run hung there, after making the run lock
+    warehouse = tmp_path / "w.duckdb"
+    os.mkfifo(warehouse)
+    result = run_cli(command, *(["--demo"] if command in ("run", "extract") else []), "--warehouse", str(warehouse),
+                     *(["--output", str(tmp_path / "o.json")] if command in ("run", "export") else []), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [
+        f"error: --warehouse {warehouse} is a named pipe (FIFO), not a regular file: DuckDB cannot keep a database "
+        "there; give the path of a DuckDB file (or of one to create)"], result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["w.duckdb"] and stat.S_ISFIFO(os.lstat(warehouse).st_mode)
+
+
+def test_a_warehouse_whose_wal_is_a_fifo_is_one_line_at_once(tmp_path, published):
+    shutil.copy(published, tmp_path / "w.duckdb")
+    os.mkfifo(tmp_path / "w.duckdb.wal")
+    result = run_cli("run", "--demo", "--warehouse", str(tmp_path / "w.duckdb"), "--output",
+                     str(tmp_path / "o.json"), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [
+        f"error: --warehouse {tmp_path / 'w.duckdb'} has a write-ahead log that is a named pipe (FIFO) "
+        f"({tmp_path / 'w.duckdb.wal'}), not a regular file: DuckDB cannot keep a database there; give the path "
+        "of a DuckDB file (or of one to create)"], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.duckdb", "w.duckdb.wal"]
+
+
+def test_devices_and_sockets_are_named_by_kind():
+    # no device node is made for the tests: the kinds are read from st_mode alone
+    from transform.warehouse import file_kind
+
+    assert file_kind(stat.S_IFCHR | 0o666) == "a character device"  # /dev/null
+    assert file_kind(stat.S_IFBLK | 0o660) == "a block device"
+    assert file_kind(stat.S_IFSOCK | 0o755) == "a socket"
+    assert file_kind(stat.S_IFIFO | 0o644) == "a named pipe (FIFO)"
+    assert file_kind(stat.S_IFREG | 0o644) is None and file_kind(stat.S_IFDIR | 0o755) is None
 
 
 # -- compatibility with older readers ----------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .project import LAYERS, Project
-from .warehouse import fetch_dicts as _rows, sql_literal
+from .warehouse import check_replaceable, fetch_dicts as _rows, sql_literal
 
 __all__ = ["render_docs", "write_docs", "write_page", "DEFAULT_OUTPUT"]
 
@@ -1073,6 +1073,7 @@ def write_docs(con, project: Project, output: Path) -> Path:
 def write_page(text: str, output: Path) -> Path:
     """Write a rendered page atomically (temp file beside it + ``os.replace``); returns the path."""
     output = Path(output)
+    check_replaceable(output, "the data docs page")  # a FIFO or a device: the rename would replace it
     directory = output.parent if str(output.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)

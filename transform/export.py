@@ -27,7 +27,7 @@ from extract.crashpoints import crash_point
 from extract.errors import PipelineError
 
 from .project import Project
-from .warehouse import sql_literal
+from .warehouse import check_replaceable, sql_literal
 
 
 class ExportError(PipelineError):
@@ -39,6 +39,7 @@ def check_output_path(output: Path) -> None:
     output = Path(output)
     if output.is_dir():
         raise ExportError(f"output path {output} is a directory; give a file path like {output / 'customers.json'}")
+    check_replaceable(output)  # a FIFO or a device: the rename would replace it with a file
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.exists():
         raise ExportError(f"output folder {parent} does not exist")

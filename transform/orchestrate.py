@@ -29,9 +29,10 @@ from . import export as export_mod
 from .incremental import PageStager, by_page_models, drop_landing_tables
 from .project import Project
 from .runner import Runner
-from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_not_warehouse, check_settings,
-                        check_warehouse_name, compact_bookkeeping, connect, default_docs_path, ensure_schema,
-                        fetch_dicts, opens_without_waiting, require_warehouse, same_file, utcnow)
+from .warehouse import (COMPACT_EVERY, RunLock, WarehouseConfig, check_not_warehouse, check_replaceable,
+                        check_settings, check_warehouse_file, check_warehouse_name, compact_bookkeeping, connect,
+                        default_docs_path, ensure_schema, fetch_dicts, opens_without_waiting, require_warehouse,
+                        same_file, utcnow)
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_DIR = ROOT / "sql"
@@ -98,18 +99,22 @@ class Settings:
         if self.keep_runs is not None and not 1 <= self.keep_runs <= 1_000_000_000:
             raise UsageError(f"--keep-runs must be from 1 to 1,000,000,000, not {self.keep_runs}")
         check_warehouse_name(Path(self.warehouse))
+        check_warehouse_file(Path(self.warehouse))
         check_settings(self.warehouse_config)
         self.check_outputs(steps)
 
     def check_outputs(self, steps) -> None:
         """What ``steps`` write is neither the warehouse nor one of its files (the export or the
-        page renamed over it replaced the database), nor each other (the page replaced the export)."""
+        page renamed over it replaced the database), nor each other (the page replaced the export),
+        nor a FIFO or a device (the rename replaced it with a regular file)."""
         warehouse = Path(self.warehouse)
         if "export" in steps:
             check_not_warehouse(Path(self.output), warehouse)
+            check_replaceable(Path(self.output))
         if "build" in steps and self.docs:
             page = docs_path(self)
             check_not_warehouse(page, warehouse, "the data docs page")
+            check_replaceable(page, "the data docs page")
             if "export" in steps and same_file(Path(self.output), page):
                 shown = "" if str(page) == str(self.output) else f" ({page})"
                 raise UsageError(f"--output {self.output} is where the run writes the data docs page{shown}: "
@@ -574,8 +579,8 @@ class _Run:
 
             try:
                 summary.docs = str(write_page(page, docs_path(settings)))
-            except OSError as exc:
-                summary.warnings.append(f"data docs not written: {exc.strerror or exc}")
+            except (OSError, PipelineError) as exc:  # e.g. a FIFO made there since the run's start
+                summary.warnings.append(f"data docs not written: {getattr(exc, 'strerror', None) or exc}")
 
 
 def docs_path(settings: Settings) -> Path:
@@ -699,8 +704,9 @@ def write_docs_only(settings: Settings) -> Path:
     """``pipeline.py docs``: the page from the warehouse as it is (read-only)."""
     from .docs import write_docs
 
-    check_not_warehouse(docs_path(settings), Path(settings.warehouse),
-                        "--output" if settings.docs_output else "the data docs page")
+    what = "--output" if settings.docs_output else "the data docs page"
+    check_not_warehouse(docs_path(settings), Path(settings.warehouse), what)
+    check_replaceable(docs_path(settings), what)
     project = Project(settings.sql_dir)
     con = connect(settings.warehouse_config, read_only=True)
     try:

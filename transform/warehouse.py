@@ -204,6 +204,47 @@ def check_warehouse_name(path: Path) -> None:
             f"name the file otherwise, e.g. customers_{name}.duckdb")
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is neither a regular file nor a folder."""
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), None)
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is if it exists and is a FIFO, a device or a socket (through symlinks:
+    a link to a regular file is a regular file); None otherwise. stat() only: never opened,
+    since opening a FIFO waits for a writer."""
+    try:
+        return file_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def check_replaceable(output: Path, what: str = "--output") -> None:
+    """Refuse an output (the export, the docs page) that exists and is a FIFO, a device or a
+    socket. Each is written beside its path and renamed over it, which replaced the special file
+    itself with a regular one (``--output /dev/null`` turned /dev/null into a file)."""
+    kind = special_kind(output)
+    if kind:
+        raise UsageError(f"{what} {output} is {kind}, not a regular file: the file written there is renamed "
+                         "into place and would replace it; give a file path")
+
+
+def check_warehouse_file(path: Path) -> None:
+    """Refuse a warehouse (or its WAL or run lock) that exists and is a FIFO, a device or a
+    socket: DuckDB opening a FIFO waits for a writer, and the run hung there for good."""
+    for file, what in ((Path(path), "is"), (Path(f"{path}.wal"), "has a write-ahead log that is"),
+                       (Path(f"{path}.lock"), "has a run lock that is")):
+        kind = special_kind(file)
+        if kind:
+            shown = "" if file == Path(path) else f" ({file})"
+            raise UsageError(f"--warehouse {path} {what} {kind}{shown}, not a regular file: DuckDB cannot keep a "
+                             "database there; give the path of a DuckDB file (or of one to create)")
+
+
 # What a warehouse is on disk, beside the database file itself: suffix -> what it is. DuckDB
 # names its write-ahead log and its spill folder after the path it is given; RunLock the lock.
 WAREHOUSE_COMPANIONS = {".wal": ("the warehouse's write-ahead log", "DuckDB deletes it at its next checkpoint"),
@@ -257,6 +298,7 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
     """Open the warehouse, waiting up to ``lock_timeout`` s for another process to let go."""
     path = Path(config.path)
     check_warehouse_name(path)
+    check_warehouse_file(path)
     if path.exists() and path.is_dir():
         raise WarehouseError(f"warehouse path {path} is a directory, not a DuckDB file")
     if read_only:
