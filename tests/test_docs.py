@@ -113,6 +113,25 @@ def test_write_docs_is_atomic_creates_folders_and_returns_the_path(site):
     assert site["text"].startswith("<!DOCTYPE html>")
 
 
+def test_write_page_clears_a_dead_process_temp_file_and_keeps_a_live_ones(tmp_path):
+    # as for the export: a page written at once by another process keeps its own temp file
+    import os
+    import subprocess
+    import sys
+
+    from transform.docs import write_page
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    output = tmp_path / "index.html"
+    stale, live = f".index.html.{dead.pid}-k3j4h5g6.tmp", f".index.html.{os.getppid()}-a1b2c3d4.tmp"
+    for name in (stale, live):
+        (tmp_path / name).write_text("partial")
+    assert write_page("<p>page</p>", output) == output
+    assert output.read_text() == "<p>page</p>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, "index.html"])
+
+
 def test_every_model_is_in_the_lineage_svg_with_its_current_version(site):
     project = Project(SQL_DIR)
     page = site["page"]

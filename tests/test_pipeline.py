@@ -797,6 +797,93 @@ def test_export_in_place_and_copied_give_the_same_document(tmp_path, monkeypatch
         assert text == body
 
 
+# A second export, in a process of its own: writes its temp file, says its name, and waits for a
+# line on stdin before it renames it into place.
+HELD_EXPORT = """
+import sys
+from pathlib import Path
+import duckdb
+from transform import export
+from transform.project import Project
+con = duckdb.connect(sys.argv[1], read_only=True)
+prepared = export.prepare(con, Project(Path(sys.argv[3])), Path(sys.argv[2]))
+print(prepared.tmp_name, flush=True)
+sys.stdin.readline()
+prepared.publish()
+print("published", flush=True)
+"""
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+def test_exports_from_two_warehouses_to_one_output_at_once_both_succeed(tmp_path, published_warehouse):
+    # each export's temp file is its own (pid and random name): the one that started second
+    # deleted the first one's, which then failed with "No such file"
+    import shutil
+
+    from conftest import SQL_DIR
+
+    for name in ("a.duckdb", "b.duckdb"):
+        shutil.copy(published_warehouse, tmp_path / name)
+    output = tmp_path / "out.json"
+    held = subprocess.Popen([sys.executable, "-c", HELD_EXPORT, str(tmp_path / "a.duckdb"), str(output), str(SQL_DIR)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        held_temp = Path(held.stdout.readline().strip())
+        assert held_temp.parent == tmp_path and held_temp.exists(), held.stderr.read() if held.poll() else ""
+        result = run_cli("export", "--warehouse", str(tmp_path / "b.duckdb"), "--output", str(output), "-q")
+        assert result.returncode == 0, result.stderr
+        assert held_temp.exists()  # the other export's file was left alone
+        out, err = held.communicate("go\n", timeout=60)
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
+    assert held.returncode == 0 and out.strip().endswith("published"), err
+    assert held_temp.name.startswith(f".out.json.{held.pid}-") and held_temp.name.endswith(".tmp")  # whose it is
+    assert read_export(output)["metadata"]["total_customers"] == 270
+    assert _temp_files(tmp_path) == []
+
+
+def test_an_export_clears_the_temp_files_of_dead_processes_only_and_leaves_none_of_its_own(tmp_path,
+                                                                                          published_warehouse):
+    import shutil
+
+    shutil.copy(published_warehouse, tmp_path / "w.duckdb")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    alive = os.getpid()  # this test's process: another one than the export's
+    leftovers = [f".out.json.{dead.pid}-k3j4h5g6.tmp", f".out.json.{dead.pid}-k3j4h5g6.tmp.customers",
+                 ".out.json.k3j4h5g6.tmp"]  # the last named as before pids were: an old version's
+    kept = [f".out.json.{alive}-a1b2c3d4.tmp", f".out.json.{alive}-a1b2c3d4.tmp.customers",
+            ".out.json.backup", f".other.json.{dead.pid}-k3j4h5g6.tmp", f".out.json.json.{dead.pid}-k3j4h5g6.tmp"]
+    for name in leftovers + kept:
+        (tmp_path / name).write_text("partial")
+    result = run_cli("export", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(kept)
+
+    # a failed export leaves none of its own either (stopped before the rename, as by Ctrl-C)
+    for name in kept:
+        (tmp_path / name).unlink()
+    before = (tmp_path / "out.json").read_bytes()
+    stopping = threading.Event()
+    stopping.set()
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    try:
+        from conftest import SQL_DIR
+        from transform.project import Project
+
+        with pytest.raises(export_mod.ExportError, match="stopped before it replaced"):
+            export_mod.export(con, Project(SQL_DIR), tmp_path / "out.json", stopping)
+    finally:
+        con.close()
+    assert _temp_files(tmp_path) == [] and (tmp_path / "out.json").read_bytes() == before
+
+
 def test_an_unreachable_remote_api_suggests_the_demo(tmp_path):
     # .invalid never resolves (RFC 2606): what a machine without network sees for reqres.in
     result = run_cli("run", "--base-url", "https://api.invalid/api",

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .export import clear_leftovers, temp_beside
 from .project import LAYERS, Project
 from .warehouse import check_replaceable, fetch_dicts as _rows, sql_literal
 
@@ -1076,9 +1076,10 @@ def write_page(text: str, output: Path) -> Path:
     check_replaceable(output, "the data docs page")  # a FIFO or a device: the rename would replace it
     directory = output.parent if str(output.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
+    clear_leftovers(output)  # of a process killed while writing the page
+    tmp_name = temp_beside(output)  # this process's own: a page written beside it at once keeps its own
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with open(tmp_name, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())

@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -143,11 +144,8 @@ def prepare(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> P
     check_output_path(output)
     _require_queries(project)
     meta = metadata(con, project)
-    directory = output.parent if str(output.parent) else Path(".")
-    for leftover in directory.glob(f".{output.name}.*.tmp*"):  # from a run killed mid-export
-        leftover.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    clear_leftovers(output)  # from a run killed mid-export
+    tmp_name = temp_beside(output)
     array_path = tmp_name + ".customers"
     done = False
     try:
@@ -175,6 +173,52 @@ def prepare(con: duckdb.DuckDBPyConnection, project: Project, output: Path) -> P
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
     return PreparedExport(output, tmp_name, meta)
+
+
+def temp_beside(output: Path) -> str:
+    """A new empty temp file for ``output``, in its folder (so ``os.replace`` is atomic), named
+    ``.<name>.<pid>-<random>.tmp``: unique to this process and this call, and saying whose it is,
+    so that ``clear_leftovers`` in another process leaves it alone."""
+    directory = output.parent if str(output.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.{os.getpid()}-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return name
+
+
+def clear_leftovers(output: Path) -> None:
+    """Remove the temp files (``temp_beside``'s, and their ``.customers`` arrays) of ``output``
+    that a process killed mid-write left behind: those whose process is gone, and those named
+    without one (an earlier version's). A live process's are another export to the same path,
+    writing now from another warehouse: removing them failed it with "No such file"."""
+    directory = output.parent if str(output.parent) else Path(".")
+    ours = re.compile(rf"\.{re.escape(output.name)}\.(?:(?P<pid>\d+)-)?[a-z0-9_]+\.tmp(?:\.customers)?")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        found = ours.fullmatch(name)
+        if found and not (found["pid"] and _running(int(found["pid"]))):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(directory / name)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one does). A pid reused since its owner died keeps a
+    leftover until that process ends too; a pid of another PID namespace looks gone."""
+    if pid == os.getpid():
+        return True  # another export of this process (threads, library use), not a leftover
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except (OverflowError, ValueError):
+        return False  # no process can have it
+    except OSError:
+        return True  # cannot tell: keep the file
+    return True
 
 
 def export(con: duckdb.DuckDBPyConnection, project: Project, output: Path, stopping=None) -> dict:
