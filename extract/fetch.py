@@ -40,6 +40,20 @@ def total_pages_of(payload: dict) -> int | None:
     return None
 
 
+def check_served(page: Page) -> None:
+    """A page whose ``"page"`` (an integer) is not the page asked for fails the run.
+
+    An API that ignores ``?page=`` answers every request with page 1: each would land, and the
+    run would publish page 1's customers alone; asking again cannot help. Checked after the
+    repeat checks (an API that answers past its end with its last page is at its end), and
+    not on an empty page (nothing on it can be lost or doubled).
+    """
+    served = page.payload.get("page")
+    if page.records and isinstance(served, int) and not isinstance(served, bool) and served != page.page:
+        raise ApiError(f"page {page.page}: the API answered with page {served} instead; "
+                       "it does not seem to read ?page= (check --base-url)")
+
+
 def total_of(payload: dict) -> int | None:
     value = payload.get("total")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -118,6 +132,7 @@ def extract_run(
         first = json.loads(first_body)
     else:
         page1 = first_page.result() if first_page is not None else client.get_page(1)
+        check_served(page1)
         lander.add(page1)  # landed with the next batch: the other pages are asked for first
         first = page1.payload
         already[1] = len(page1.records)
@@ -198,6 +213,7 @@ def _extract_sequential(client, lander, result, already, first_records, progress
             if records == previous:
                 result.warn(f"page {page_no} repeats page {page_no - 1}; treating it as the end")
                 break
+            check_served(page)
             lander.add(page)
             previous = records
             if progress:
@@ -259,6 +275,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                         to_fetch.clear()
                         continue
                     tail.pop(page.page - 2, None)
+                check_served(page)
                 lander.add(page)
                 reported = total_pages_of(page.payload)
                 if ended_at is not None:

@@ -177,23 +177,6 @@ def test_a_200_that_is_not_a_page_is_retried(body):
         assert len(api.requests) == FAST_RETRY.attempts
 
 
-def test_a_page_naming_another_page_fails_at_once_and_one_without_a_page_number_is_fine():
-    # an API that ignores ?page= answers every request with page 1
-    with ScriptedAPI(lambda r: (200, {}, page_body(1, 6, [{"id": 1}], total_pages=2))) as api:
-        client = _client(api.base_url)
-        assert client.get_page(1).records == [{"id": 1}]
-        with pytest.raises(ApiError) as raised:
-            client.get_page(2)
-        assert api.pages_requested() == [1, 2]  # not retried
-    assert str(raised.value) == ("page 2: the API answered with page 1 instead; it does not seem to read ?page= "
-                                 "(check --base-url)")
-    for served in ('"2"', "true", "2.0", "null"):  # only an integer "page" is checked
-        with ScriptedAPI(lambda r: (200, {}, '{"page": %s, "data": [{"id": 1}]}' % served)) as api:
-            assert _client(api.base_url).get_page(2).records == [{"id": 1}]
-    with ScriptedAPI(lambda r: (200, {}, '{"data": [{"id": 1}]}')) as api:
-        assert _client(api.base_url).get_page(2).records == [{"id": 1}]
-
-
 def test_the_key_is_sent_as_x_api_key_and_never_appears_in_errors():
     key = "k-0123456789abcdef"
     with ScriptedAPI(lambda r: (500, {}, "oops")) as api:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import os
 import signal
@@ -176,6 +177,37 @@ def test_a_first_page_reporting_more_pages_than_allowed_fails_before_any_other_r
             extract_with(con, api.base_url)
         assert api.pages_requested() == [1]
     assert landed(con) == [(1, 5)]  # what arrived is kept
+
+
+def test_a_page_naming_another_page_fails_at_once_and_one_without_a_page_number_is_fine(con):
+    # an API that ignores ?page= answers every request with page 1: not retried, not landed
+    with ScriptedAPI(lambda r: (200, {}, page_body(1, 5, RECORDS[:5], total_pages=2))) as api:
+        with pytest.raises(ApiError) as raised:
+            extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2]
+    assert str(raised.value) == ("page 2: the API answered with page 1 instead; it does not seem to read ?page= "
+                                 "(check --base-url)")
+    for run_id, served in enumerate(('"2"', "true", "2.0", "null", None), start=2):  # only an integer is checked
+        def respond(request, served=served):
+            body = page_body(request.page, 5, RECORDS[(request.page - 1) * 5: request.page * 5], total_pages=2)
+            text = json.dumps(body)
+            return 200, {}, text if request.page == 1 else text.replace('"page": 2', f'"page": {served}' if served
+                                                                          else '"unpaged": 2')
+        with ScriptedAPI(respond) as api:
+            assert extract_with(con, api.base_url, run_id=run_id).records_landed == 10
+
+
+def test_an_api_answering_past_its_end_with_its_last_page_ends_there(con):
+    # no total_pages; pages past the last answer the last one, named as such: the end, not an error
+    def respond(request):
+        page = min(request.page, 2)
+        return 200, {}, {"page": page, "data": RECORDS[(page - 1) * 5: page * 5]}
+
+    with ScriptedAPI(respond) as api:
+        result = extract_with(con, api.base_url)
+        assert sorted(api.pages_requested()) == [1, 2, 3]
+    assert result.records_landed == 10
+    assert "page 3 repeats page 2; treating it as the end" in result.warnings
 
 
 def test_empty_first_page_and_data_null_stop_at_once(con):
