@@ -403,29 +403,18 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, remake: tuple[str, ...] = ()) 
     """
     schemas = {row[0] for row in con.execute(
         "select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
-    tables, columns = {}, {}
-    for name, comment, keyed, names in con.execute(
+    tables = {name: (comment, keyed) for name, comment, keyed in con.execute(
         """
-        select t.schema_name || '.' || t.table_name, t.comment, t.has_primary_key,
-            (select list(c.column_name) from duckdb_columns() c where c.database_name = t.database_name
-                and c.schema_name = t.schema_name and c.table_name = t.table_name)
-        from duckdb_tables() t
-        where t.database_name = current_database() and t.schema_name in ('raw', 'meta')
+        select schema_name || '.' || table_name, comment, has_primary_key from duckdb_tables()
+        where database_name = current_database() and schema_name in ('raw', 'meta')
         """
-    ).fetchall():
-        tables[name], columns[name] = (comment, keyed), names
-    for name, wanted in FIXED_COLUMNS.items():  # another program's raw.runs: refused before any change
-        missing = [column for column in wanted if name in columns and column not in columns[name]]
-        if missing:
-            path = con.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()[0]
-            raise WarehouseError(f"{path} has a table {name} that is not the pipeline's (it has no "
-                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
-                                 "give --warehouse a file of its own")
+    ).fetchall()}
     remade = [name for name in FIXED_COMMENTS  # a table with a key, or one asked for
               if name in tables and (tables[name][1] or name in remake)]
     if set(SCHEMAS) <= schemas and not remade \
             and all(tables.get(t, (None,))[0] == c for t, c in FIXED_COMMENTS.items()):
         return
+    _refuse_foreign_tables(con, [name for name in FIXED_COLUMNS if name in tables])
     # one transaction, one script: the tables appear together (and one commit is ~10 ms less
     # than one per statement on a new warehouse). A table an earlier version made with a key
     # (raw.runs had a primary key), or one to compact, is made again as FIXED_DDL says, its
@@ -443,6 +432,28 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, remake: tuple[str, ...] = ()) 
         with contextlib.suppress(duckdb.Error):  # a failed commit has ended the transaction already
             con.execute("rollback")
         raise
+
+
+def _refuse_foreign_tables(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    """Another program's raw.runs (say) in the file: refused before anything is changed. Asked
+    only when the tables are not already the pipeline's, with its comments (every run but the
+    first skips it)."""
+    if not names:
+        return
+    columns: dict[str, list[str]] = dict(con.execute(
+        """
+        select schema_name || '.' || table_name, list(column_name) from duckdb_columns()
+        where database_name = current_database() and schema_name in ('raw', 'meta')
+        group by all
+        """
+    ).fetchall())
+    for name in names:
+        missing = [column for column in FIXED_COLUMNS[name] if column not in columns.get(name, [])]
+        if missing:
+            path = con.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()[0]
+            raise WarehouseError(f"{path} has a table {name} that is not the pipeline's (it has no "
+                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
+                                 "give --warehouse a file of its own")
 
 
 def fetch_dicts(con, sql: str, params=None) -> list[dict]:
