@@ -956,34 +956,48 @@ def test_a_stop_while_duckdb_builds_is_one_line_its_exit_code_and_publishes_noth
     con.close()
 
 
-def test_a_stop_inside_the_checkpoint_is_an_interrupt_of_a_published_run(tmp_path, monkeypatch):
-    # DuckDB raises RuntimeError('Query interrupted') for a Ctrl-C inside its checkpoint (real
-    # signals in the build: the test above); after the commit that is a stop of a published run
+def _wrap_connections(monkeypatch, execute) -> None:
+    """The run's DuckDB connections, with ``execute(con, sql, *args)`` in front of each statement."""
     real_connect = orchestrate.connect
 
-    class Interrupted:
+    class Wrapped:
         def __init__(self, con):
             self._con = con
 
         def execute(self, sql, *args):
-            if sql == "checkpoint":
-                raise RuntimeError("Query interrupted")
-            return self._con.execute(sql, *args)
+            return execute(self._con, sql, *args)
 
         def __getattr__(self, name):
             return getattr(self._con, name)
 
+    monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: Wrapped(real_connect(*a, **k)))
+
+
+def _second_run_with(tmp_path, monkeypatch, execute, raises):
+    """A first run, then a second whose statements go through ``execute``: what the second raised."""
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
-        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: Interrupted(real_connect(*a, **k)))
-        with pytest.raises(KeyboardInterrupt) as raised:
+        _wrap_connections(monkeypatch, execute)
+        with pytest.raises(raises) as raised:
             orchestrate.run(settings(tmp_path, api.base_url))
-    assert raised.value.published_run == 2
+    return raised.value
+
+
+def test_a_stop_inside_the_checkpoint_is_an_interrupt_of_a_published_run(tmp_path, monkeypatch):
+    # DuckDB raises RuntimeError('Query interrupted') for a Ctrl-C inside its checkpoint (real
+    # signals in the build: the test above); after the commit that is a stop of a published run
+    def interrupted(con, sql, *args):
+        if sql == "checkpoint":
+            raise RuntimeError("Query interrupted")
+        return con.execute(sql, *args)
+
+    stop = _second_run_with(tmp_path, monkeypatch, interrupted, raises=KeyboardInterrupt)
+    assert stop.published_run == 2
     con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
     run = rows(con, "select status, failed_stage, error from raw.runs where run_id = 2")
     con.close()
     # the export beside the checkpoint either finished (the run is done) or was stopped
-    assert run == ([("succeeded", None, None)] if raised.value.exported else [("failed", "export", "KeyboardInterrupt")])
+    assert run == ([("succeeded", None, None)] if stop.exported else [("failed", "export", "KeyboardInterrupt")])
 
 
 def test_a_checkpoint_duckdb_cannot_write_is_one_line_saying_what_is_safe(tmp_path, monkeypatch):
@@ -991,31 +1005,19 @@ def test_a_checkpoint_duckdb_cannot_write_is_one_line_saying_what_is_safe(tmp_pa
     # checkpoint again said only 'database has been invalidated', as an unexpected error
     from extract.errors import WarehouseError
 
-    real_connect = orchestrate.connect
     checkpoints = []
 
-    class DiskFull:
-        def __init__(self, con):
-            self._con = con
+    def disk_full(con, sql, *args):
+        if sql == "checkpoint":
+            checkpoints.append(sql)
+            raise duckdb.FatalException('FATAL Error: Failed to create checkpoint because of error: '
+                                        'Could not write file "w.duckdb": No space left on device')
+        return con.execute(sql, *args)
 
-        def execute(self, sql, *args):
-            if sql == "checkpoint":
-                checkpoints.append(sql)
-                raise duckdb.FatalException('FATAL Error: Failed to create checkpoint because of error: '
-                                            'Could not write file "w.duckdb": No space left on device')
-            return self._con.execute(sql, *args)
-
-        def __getattr__(self, name):
-            return getattr(self._con, name)
-
-    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
-        orchestrate.run(settings(tmp_path, api.base_url))
-        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: DiskFull(real_connect(*a, **k)))
-        with pytest.raises(WarehouseError) as raised:
-            orchestrate.run(settings(tmp_path, api.base_url))
+    error = _second_run_with(tmp_path, monkeypatch, disk_full, raises=WarehouseError)
     warehouse = tmp_path / "warehouse" / "customers.duckdb"
     exported = read_export(tmp_path / "out.json")["metadata"]["run_id"] == 2
-    assert str(raised.value) == (
+    assert str(error) == (
         f"run 2 was published, but DuckDB could not write it into {warehouse} (Could not write file \"w.duckdb\": "
         f"No space left on device); it is kept in {warehouse}.wal, which DuckDB applies when the warehouse next "
         f"opens with room to write; {'the export is written' if exported else 'the last export is unchanged'}")
@@ -1029,32 +1031,24 @@ def test_ctrl_c_as_the_build_commits_stops_after_the_commit_not_inside_it(tmp_pa
     # the signal until it is over, and the stop is one of a published run.
     import pipeline
 
-    real_connect = orchestrate.connect
+    sent = []
 
-    class SignalledAtCommit:
-        def __init__(self, con):
-            self._con = con
+    def signalled_at_commit(con, sql, *args):
+        result = con.execute(sql, *args)
+        if sql == "commit" and not sent:
+            sent.append(sql)
+            os.kill(os.getpid(), signal.SIGINT)  # handled before execute() returns
+        return result
 
-        def execute(self, sql, *args):
-            result = self._con.execute(sql, *args)
-            if sql == "commit" and not SignalledAtCommit.sent:
-                SignalledAtCommit.sent = True
-                os.kill(os.getpid(), signal.SIGINT)  # handled before execute() returns
-            return result
-
-        def __getattr__(self, name):
-            return getattr(self._con, name)
-
-    SignalledAtCommit.sent = False
     base = ["--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json"), "-q"]
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         assert pipeline.main(["run", "--base-url", api.base_url, *base]) == 0
         before = (tmp_path / "o.json").read_bytes()
         capsys.readouterr()
-        monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: SignalledAtCommit(real_connect(*a, **k)))
+        _wrap_connections(monkeypatch, signalled_at_commit)
         code = pipeline.main(["run", "--base-url", api.base_url, *base])
     err = capsys.readouterr().err
-    assert SignalledAtCommit.sent
+    assert sent
     assert code == 130, err
     assert error_lines(err) == ["error: interrupted after run 2 was published; the last export is unchanged "
                                 "(`python pipeline.py export` writes the new one)"], err
