@@ -249,7 +249,7 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
     stopped_at: int | None = None
     put_off: list[int] = []
     planned_before_stop = total_pages
-    highest_with_records = 1
+    highest_with_records = max((number for number, count in already.items() if count), default=1)
     # An API whose total_pages keeps growing while its pages repeat would page forever: from the
     # last page page 1 planned on, each page's records are kept (as JSON) until the next page's
     # arrive, and a grown page that repeats the one before it ends the run there, as the
@@ -295,7 +295,8 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                 if stopped_at is not None and reported is not None and reported > planned_before_stop:
                     # paging stopped at an empty page: the new pages are fetched only if a page
                     # after it turns out to have records
-                    put_off.extend(range(planned_before_stop + 1, reported + 1))
+                    put_off.extend(number for number in range(planned_before_stop + 1, reported + 1)
+                                   if number not in already)
                     planned_before_stop = reported
                 elif stopped_at is None and reported is not None and reported > planned:
                     result.warn(
@@ -313,18 +314,22 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
                         result.warn(f"page {page.page} of {planned} is empty although page "
                                     f"{highest_with_records} has records; fetching on to page {planned}")
                     else:
-                        result.warn(f"page {page.page} of {planned} is empty: the API holds fewer records "
-                                    "than it reported; not asking for the pages after it")
                         stopped_at, planned_before_stop = page.page, planned
-                        put_off = [number for number in to_fetch if number > stopped_at]
+                        # the next page is asked for all the same (unless it came already): whether
+                        # the empty page was the end must not hang on what was on the wire by then
+                        probe = stopped_at + 1
+                        result.warn(f"page {page.page} of {planned} is empty: the API holds fewer records "
+                                    f"than it reported; stopping there"
+                                    + (f" (page {probe} is asked for to make sure)" if probe <= planned else ""))
+                        put_off = [number for number in to_fetch if number > probe]
                         for future, number in list(pending.items()):
-                            if number > stopped_at and future.cancel():
+                            if number > probe and future.cancel():
                                 del pending[future]
                                 put_off.append(number)
-                        kept = [number for number in to_fetch if number < stopped_at]
+                        kept = [number for number in to_fetch if number < stopped_at or number == probe]
                         to_fetch.clear()
                         to_fetch.extend(kept)
-                        planned = result.pages_expected = max([stopped_at, *pending.values()])
+                        planned = result.pages_expected = max([stopped_at, *pending.values(), *kept])
             refill()
             if progress:
                 progress.update(result, planned, pending=len(lander.buffer))

@@ -112,7 +112,7 @@ def test_an_empty_page_stops_paging_there(con):
     assert result.records_landed == 10
     assert [page for page, count in landed(con) if count] == [1, 2]
     assert "page 3 of 40 is empty: the API holds fewer records than it reported; " \
-           "not asking for the pages after it" in result.warnings
+           "stopping there (page 4 is asked for to make sure)" in result.warnings
     assert result.pages_expected == max(requested)
 
 
@@ -126,6 +126,64 @@ def test_records_after_an_empty_page_are_fetched_after_all(con):
     assert landed(con) == [(page, 0 if page == 3 else 5) for page in range(1, 9)]
     assert result.pages_expected == 8
     assert any(w.startswith("page 3 of 8 is empty") for w in result.warnings)
+
+
+class _InstantAPI:
+    """A client without a server: ``spec(n)`` -> (records, total_pages) after ``delay(n)`` seconds.
+    For races between the workers and the paging loop, which a server's latency would hide."""
+
+    per_page = 5
+
+    def __init__(self, spec, delay=lambda number: 0.0):
+        self.spec, self.delay, self.asked = spec, delay, []
+
+    def get_page(self, number):
+        from datetime import datetime, timezone
+
+        from extract.client import Page
+
+        self.asked.append(number)
+        time.sleep(self.delay(number))  # 0 too: lets the paging loop run between the workers
+        records, total_pages = self.spec(number)
+        text = json.dumps(page_body(number, 5, records, total_pages=total_pages))
+        return Page(number, f"http://x/users?page={number}", 200, text, json.loads(text),
+                    datetime.now(timezone.utc), 1, 0.0)
+
+    def mark_answered(self):
+        pass
+
+    def cancel(self):
+        pass
+
+
+def _records_of(number):
+    return [dict(RECORDS[0], id=number * 10 + i) for i in range(5)]
+
+
+def test_pages_after_an_empty_page_never_hang_on_what_was_on_the_wire(con):
+    # when the empty page 3 arrived before a worker had taken page 4, pages 4-8 were put off for good
+    for run_id in range(1, 61):
+        client = _InstantAPI(lambda number: ([] if number == 3 else _records_of(number), 8))
+        con.execute("insert into raw.runs (run_id, started_at, status) values (?, now(), 'running')", [run_id])
+        result = extract_run(con, run_id, client, 1 + run_id % 3)
+        assert sorted(client.asked) == list(range(1, 9)), (run_id, sorted(client.asked), result.warnings)
+        assert result.records_landed == 35
+
+
+def test_a_resumed_run_never_lands_a_page_twice_around_an_empty_page(con):
+    # the first try of run 1 landed pages 1, 6 and 7 (total_pages had grown to 7); resumed, page 3
+    # is empty and page 2 reports 7 pages: pages 6 and 7 are not asked for again
+    from extract.land import land_pages
+
+    con.execute("insert into raw.runs (run_id, started_at, status) values (1, now(), 'running')")
+    first_try = _InstantAPI(lambda number: (_records_of(number), 5 if number == 1 else 7))
+    land_pages(con, 1, [first_try.get_page(number) for number in (1, 6, 7)])
+    delays = {2: 0.3, 4: 0.6}
+    client = _InstantAPI(lambda number: ([], 5) if number == 3 else (_records_of(number), 7),
+                         lambda number: delays.get(number, 0.05))
+    extract_run(con, 1, client, 2)
+    assert sorted(client.asked) == [2, 3, 4, 5]
+    assert landed(con) == [(1, 5), (2, 5), (3, 0), (4, 5), (5, 5), (6, 5), (7, 5)]
 
 
 @pytest.mark.parametrize("value", [None, "five", 2.5, -1, True, 0, 0.0])

@@ -104,7 +104,7 @@ def test_an_api_short_of_what_it_reported_warns_once_per_fact(tmp_path):
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
     assert warnings == ["warning: page 3 of 5 is empty: the API holds fewer records than it reported; "
-                        "not asking for the pages after it",
+                        "stopping there (page 4 is asked for to make sure)",
                         "warning: the API reported 10 records but 4 were received"], result.stderr
     assert json.loads((tmp_path / "o.json").read_text())["metadata"]["total_customers"] == 4
 
