@@ -82,6 +82,11 @@ def defer(kind: type[KeyboardInterrupt]) -> bool:
     return False
 
 
+def forget_deferred() -> None:
+    """A command ends: a stop held back and not raised (its run failed otherwise) goes with it."""
+    _deferred.clear()
+
+
 def raise_deferred() -> None:
     """Raise the stop that came during a ``signals_deferred()`` block, if one did."""
     if _deferred:

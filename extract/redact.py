@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -40,8 +40,10 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
         password = userinfo.group(1).partition(":")[2] if userinfo else None
         query = url.partition("?")[2].partition("#")[0]
     found = [password] if password else []
-    found += [value for name, value in parse_qsl(query, keep_blank_values=True)
-              if SECRET_PARAM.fullmatch(name) and value]
+    for pair in query.split("&"):  # each value as written (ab+cd) and decoded (ab cd): shown either way
+        name, _, raw = pair.partition("=")
+        if raw and SECRET_PARAM.fullmatch(unquote_plus(name)):
+            found += dict.fromkeys((raw, unquote_plus(raw)))
     return tuple(found)
 
 

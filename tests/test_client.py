@@ -195,6 +195,7 @@ def test_the_credentials_a_base_url_carries_are_found_by_name():
     assert url_secrets("https://api.example/v1?keyword=shoes&tokens=3") == ()
     assert url_secrets(None) == () and url_secrets("http://[::1") == ()
     assert url_secrets("http://u:pw12@[::1/x?token=t0k3n") == ("pw12", "t0k3n")  # not a usable URL: by hand
+    assert url_secrets("https://h/api?token=ab+cd/ef%2012") == ("ab+cd/ef%2012", "ab cd/ef 12")
 
 
 def _redirecting(target_base):

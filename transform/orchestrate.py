@@ -19,7 +19,8 @@ import duckdb
 
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
-from extract.errors import PipelineError, UsageError, WarehouseError, as_interrupt, raise_deferred
+from extract.errors import (PipelineError, UsageError, WarehouseError, as_interrupt, forget_deferred,
+                            raise_deferred)
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo, url_secrets
@@ -254,17 +255,21 @@ def _fail_run(con, run_id: int, stage: str, error: str) -> None:
         )
 
 
-def _checkpoint_failed(exc: BaseException, warehouse, run_id: int, steps: tuple, exported: bool) -> str:
+def _checkpoint_failed(exc: BaseException, warehouse, run_id: int | None, steps: tuple, exported: bool) -> str:
     """A checkpoint DuckDB could not write (a full disk): the commit is safe in the WAL, which
     DuckDB applies when the file is next opened; DuckDB's own words say why."""
     reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     for prefix in ("FATAL Error: ", "Failed to create checkpoint because of error: ", "IO Error: "):
         reason = reason.removeprefix(prefix)
-    what = f"run {run_id} was published" if "build" in steps else f"run {run_id}'s pages were landed"
+    if run_id is not None and "build" in steps:
+        what = f"run {run_id} was published, but DuckDB could not write it into"
+    elif run_id is not None and "extract" in steps:
+        what = f"run {run_id}'s pages were landed, but DuckDB could not write them into"
+    else:  # `export` alone: what it recorded
+        what = "DuckDB could not write what this command committed into"
     export = ("the export is written" if exported else "the last export is unchanged") if "export" in steps else ""
-    return (f"{what}, but DuckDB could not write it into {warehouse} ({reason[:200]}); it is kept in "
-            f"{warehouse}.wal, which DuckDB applies when the warehouse next opens with room to write"
-            + (f"; {export}" if export else ""))
+    return (f"{what} {warehouse} ({reason[:200]}); it is kept in {warehouse}.wal, which DuckDB applies "
+            "when the warehouse next opens with room to write" + (f"; {export}" if export else ""))
 
 
 # -- steps -------------------------------------------------------------------------------------
@@ -365,6 +370,8 @@ class _Run:
             if stop is not exc:
                 raise stop from None
             raise
+        finally:
+            forget_deferred()  # held back and never raised: it does not outlive this run
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
@@ -539,11 +546,11 @@ class _Run:
                 if isinstance(stop, KeyboardInterrupt) and "export" in steps:
                     failed_stage = "export"  # Ctrl-C: the export is what had not finished
                 self._fail(failed_stage, stop)
+            if isinstance(stop, duckdb.Error) and failed_stage == "checkpoint":
+                raise WarehouseError(_checkpoint_failed(stop, settings.warehouse, run_id, steps, exported)) from None
             if run_id is not None and "build" in steps:
                 # the build committed: say so, rather than that nothing changed
                 stop.published_run, stop.exported = run_id, exported
-                if isinstance(stop, duckdb.Error) and failed_stage == "checkpoint":
-                    raise WarehouseError(_checkpoint_failed(stop, settings.warehouse, run_id, steps, exported)) from None
                 if isinstance(stop, PipelineError) and "export" in steps and not exported:
                     raise export_mod.ExportError(f"{stop}; run {run_id} was published before the export failed, and the "
                                                  "last export is unchanged: `python pipeline.py export` writes it") from None

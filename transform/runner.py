@@ -21,7 +21,7 @@ from typing import Callable
 import duckdb
 
 from extract.crashpoints import crash_point
-from extract.errors import DataTestError, ModelError, signals_deferred
+from extract.errors import DataTestError, ModelError, raise_deferred, signals_deferred
 
 from .project import Model, Project
 from .warehouse import sql_literal, utcnow
@@ -198,9 +198,10 @@ class Runner:
             with signals_deferred():  # a commit is not cut in two: a stop meanwhile comes after it
                 self.con.execute("commit")
         except BaseException as exc:
-            with signals_deferred():  # nor the rollback (the stop that came first is the one raised)
+            with signals_deferred():  # nor the rollback
                 self.con.execute("rollback")
                 self._record_failure(results, tests, states, building, exc)
+            raise_deferred()  # a stop during the commit or the rollback: nothing is published, say so
             raise
         return BuildResult(results, tests, input_run)
 
