@@ -242,9 +242,10 @@ def _extract_concurrent(client, lander, result, already, total_pages, concurrenc
             number = to_fetch.popleft()
             pending[pool.submit(client.get_page, number)] = number
 
-    # An empty page before total_pages means the API holds fewer records than page 1 said: no
-    # page after it is asked for (those already on the wire still land). Should one of those
-    # come back with records, the empty page was not the end, and the pages put off are fetched.
+    # An empty page before total_pages means the API holds fewer records than page 1 said: of the
+    # pages after it, only the next is asked for, to make sure (those already on the wire still
+    # land). Should one of those come back with records, the empty page was not the end, and the
+    # pages put off are fetched.
     empty_seen: int | None = None
     stopped_at: int | None = None
     put_off: list[int] = []
