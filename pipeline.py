@@ -310,6 +310,11 @@ def _to_stdout(show, *args, done: str | None = None) -> None:
                             else f"could not write to stdout ({reason})") from None
 
 
+def _print_tests(results) -> None:
+    for r in results:
+        print(f"{r.status:<4} {r.test}" + (f" ({r.failing_rows} failing rows)" if r.failing_rows else ""))
+
+
 def _print_summary(summary: RunSummary, out=None) -> None:
     out = out or sys.stdout
     meta = summary.metadata
@@ -426,8 +431,7 @@ def main(argv=None) -> int:
         elif args.command == "test":
             results = orchestrate.run_tests_only(settings)
             failing = [r for r in results if r.status != "pass"]
-            _to_stdout(lambda: [print(f"{r.status:<4} {r.test}" + (f" ({r.failing_rows} failing rows)" if r.failing_rows
-                                                                  else "")) for r in results])
+            _to_stdout(_print_tests, results)
             if failing:
                 print(f"error: {len(failing)} of {len(results)} data tests failed", file=sys.stderr)
                 return 1
