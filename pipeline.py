@@ -191,7 +191,8 @@ def _add_source_flags(parser):
                        help="start the bundled demo API on 127.0.0.1 and sync from it (no network needed); "
                             f"port {DEMO_PORT} (env PIPELINE_DEMO_PORT), any free one if that is taken")
     group.add_argument("--keep-runs", type=int, default=_env_int("KEEP_RUNS", None), metavar="N",
-                       help="after extracting, delete raw pages of all but the last N runs (default: keep all)")
+                       help="after extracting, delete the raw pages of all but the last N runs whose extraction "
+                            "completed (default: keep all; first_seen_at and runs_seen count the runs kept)")
 
 
 def _add_build_flags(parser):

@@ -234,10 +234,18 @@ def test_history_first_and_last_seen_across_runs_and_keep_runs(tmp_path, api):
                       "bool_and(first_seen_at < last_seen_at) as ordered from marts.dim_customers")
     con.close()
     assert seen == [{"lo": 3, "hi": 3, "ordered": True}]
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: run 4 fails before landing a page
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(Exception):
+        orchestrate.run(settings(tmp_path, f"http://127.0.0.1:{closed}/api"))
     orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))
     con = duckdb.connect(str(warehouse), read_only=True)
-    assert rows(con, "select distinct run_id from raw.api_pages order by 1") == [(3,), (4,)]
-    assert rows(con, "select count(*) from raw.runs") == [(4,)]  # the runs table keeps every run
+    # the last 2 runs whose extraction completed: the failed run 4 does not take a place
+    assert rows(con, "select distinct run_id from raw.api_pages order by 1") == [(3,), (5,)]
+    assert rows(con, "select count(*) from raw.runs") == [(5,)]  # the runs table keeps every run
     assert rows(con, "select max(runs_seen) from marts.dim_customers") == [(2,)]
     con.close()
 

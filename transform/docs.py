@@ -212,7 +212,9 @@ def _read(con, project: Project, pending_run: dict | None = None) -> _Warehouse:
             con,
             f"""
             select count(*) as rows, count(distinct run_id) as runs,
-                   coalesce(sum(record_count), 0) as records, {_ts('max(fetched_at)')} as last_at
+                   coalesce(sum(record_count), 0) as records, {_ts('max(fetched_at)')} as last_at,
+                   (select count(*) from raw.runs where pages_landed > 0
+                        and run_id not in (select distinct run_id from raw.api_pages)) as pruned_runs
             from raw.api_pages
             """,
         )[0]
@@ -591,7 +593,8 @@ def _lineage_svg(project: Project, w: _Warehouse, targets: dict[str, set[str]]) 
         status, test_text = _test_status(w, tests)
         if node.layer == RAW_LAYER:
             counts = w.raw_counts.get(node.key)
-            version, kind = "source", "append-only"
+            pruned = (counts or {}).get("pruned_runs")  # --keep-runs deleted their pages
+            version, kind = "source", f"older runs pruned ({_num(pruned)})" if pruned else "append-only"
             rows = f"{_num(counts['rows'])} rows" if counts else "not created yet"
             build = f"last {esc(counts['last_at'])}" if counts and counts["last_at"] else "nothing landed"
             stale = False

@@ -322,8 +322,13 @@ def _extract(con, run_id: int, settings: Settings, progress: Progress, summary: 
 
 
 def _prune(con, keep_runs: int) -> int:
+    """Delete the pages of runs older than the last ``keep_runs`` whose extraction completed (a
+    run that failed halfway does not take one of the places: its pages are no sync's)."""
     cutoff = con.execute(
-        "select coalesce(min(run_id), 0) from (select run_id from raw.runs order by run_id desc limit ?)",
+        """
+        select coalesce(min(run_id), 0)
+        from (select run_id from raw.runs where extracted_at is not null order by run_id desc limit ?)
+        """,
         [keep_runs],
     ).fetchone()[0]
     deleted = con.execute("select count(*) from raw.api_pages where run_id < ?", [cutoff]).fetchone()[0]

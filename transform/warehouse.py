@@ -107,7 +107,7 @@ create table if not exists meta.published_models (
 
 FIXED_COMMENTS = {
     "raw.runs": "One row per pipeline run (sync): its status, what it fetched, and where it failed. Append-only history.",
-    "raw.api_pages": "Every API page exactly as received, one row per (run_id, page). Append-only history; bodies are the API's JSON unchanged.",
+    "raw.api_pages": "Every API page exactly as received, one row per (run_id, page). Append-only history (--keep-runs deletes older runs' pages); bodies are the API's JSON unchanged.",
     "meta.model_builds": "One row per model per build: version (hash of rendered SQL + parents' versions), rows, seconds, status (built, skipped, failed, rolled_back).",
     "meta.test_results": "One row per data test per build: failing_rows = rows the test query returned (0 = pass).",
     "meta.run_quality": "One row per publish: customers per quality bucket of marts.dim_customers as published, for trends.",

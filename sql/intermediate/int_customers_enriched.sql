@@ -8,6 +8,13 @@
 -- column acquisition_channel: website, mobile_app or email_campaign (hashed).
 -- column market_segment: US-West, US-East, EU-Central or APAC (hashed).
 -- column customer_tier: basic (60%), premium (30%) or enterprise (10%) (hashed).
+-- column run_id: The run the row describes (stg_pipeline__current_run).
+-- column run_started_at: When that run started: activity recency is measured against it.
+-- column engagement_draw: Hex digits 1-6 of md5(customer_id) as a number: engagement_level's hash.
+-- column activity_draw: Hex digits 7-12 of md5(customer_id): activity_status's hash.
+-- column channel_draw: Hex digits 13-18 of md5(customer_id): acquisition_channel's hash.
+-- column segment_draw: Hex digits 19-24 of md5(customer_id): market_segment's hash.
+-- column tier_draw: Hex digits 25-30 of md5(customer_id): customer_tier's hash.
 with
 
 customers as (

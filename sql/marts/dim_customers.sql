@@ -20,9 +20,9 @@
 -- column quality_issues: Why the score is below 100: missing_first_name, missing_last_name, missing_email, invalid_email, missing_avatar, invalid_engagement_score, invalid_last_activity_at.
 -- column records_received: Records the latest run received for this id (> 1 means duplicates were merged).
 -- column source_page: Page of the record that won the deduplication.
--- column first_seen_at: When any run first received this id.
+-- column first_seen_at: When a run first received this id, of the runs whose pages are kept (all, unless --keep-runs prunes them).
 -- column last_seen_at: When a run last received this id.
--- column runs_seen: How many runs received this id.
+-- column runs_seen: How many runs received this id, of the runs whose pages are kept (1: first seen in the latest sync).
 -- column run_id: The run this row describes.
 with
 
