@@ -351,12 +351,14 @@ def _print_status(info: dict, as_json: bool) -> None:
         line = f"  #{run['run_id']} {shown:<9} started {started:%Y-%m-%d %H:%M:%S} UTC"
         if finished:
             line += f", {(finished - started).total_seconds():.1f}s"
-        line += (f", {run['pages_landed'] or 0} pages, {run['records_landed'] or 0} records, "
-                 f"{run['requests'] or 0} requests, {run['retries'] or 0} retries")
+        line += f", {run['pages_landed'] or 0} pages, {run['records_landed'] or 0} records"
+        if run["requests"] is not None:  # unknown for a run that died before counting them
+            line += f", {run['requests']} requests, {run['retries'] or 0} retries"
         if run["customers_exported"] is not None:
             line += f", {run['customers_exported']} customers exported"
         if run["error"]:
-            line += f"\n      failed in {run['failed_stage']}: {run['error']}"
+            where = "" if run["failed_stage"] in (None, "interrupted") else f" in {run['failed_stage']}"
+            line += f"\n      failed{where}: {run['error']}"
         if run.get("stale"):
             line += "\n      its process stopped before it finished (killed or crashed); the next run marks it failed"
         print(line)

@@ -60,6 +60,10 @@ def test_sigkill_at_any_point_keeps_the_last_good_state_and_the_next_run_recover
     # every run counts what it landed, the killed one too (closed as interrupted by the next run)
     miscounted = rows(con, "select run_id from raw.runs r where pages_landed is distinct from "
                            "(select count(*) from raw.api_pages p where p.run_id = r.run_id)")
+    # the killed run ended when it was last seen at work, not when run 3 found it dead
+    ended = rows(con, "select finished_at = greatest(extracted_at, (select max(fetched_at) from raw.api_pages "
+                      "where run_id = 2)) and finished_at <= (select started_at from raw.runs where run_id = 3) "
+                      "from raw.runs where run_id = 2")
     con.close()
-    assert miscounted == []
+    assert miscounted == [] and ended == [(True,)]
     assert statuses == [(1, "succeeded", None), (2, "failed", "interrupted"), (3, "succeeded", None)]

@@ -488,6 +488,11 @@ def test_a_demo_run_killed_mid_extraction_resumes_with_demo(tmp_path):
     # before the next run marks it failed, status does not show it as running on
     status = run_cli("status", "--warehouse", str(tmp_path / "w.duckdb"))
     assert "#1 died" in status.stdout and "its process stopped before it finished" in status.stdout, status.stdout
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    pages, records = rows(con, "select count(*), sum(record_count) from raw.api_pages")[0]
+    con.close()
+    # what it landed is counted from its pages (it died before counting), and nothing unknown shows as 0
+    assert pages > 0 and f", {pages} pages, {records} records\n" in status.stdout, status.stdout
     as_json = json.loads(run_cli("status", "--json", "--warehouse", str(tmp_path / "w.duckdb")).stdout)
     assert (as_json["runs"][0]["status"], as_json["runs"][0]["stale"]) == ("running", True)
     resumed = run_cli("run", *base, "--resume", env={"PIPELINE_DEMO_PORT": port})

@@ -436,6 +436,33 @@ def test_a_process_holding_the_warehouse_makes_run_fail_within_lock_timeout_then
     con.close()
 
 
+@pytest.mark.parametrize("holder_is_a_run", [False, True])
+def test_status_while_the_warehouse_is_written_says_who_writes_it(tmp_path, api, holder_is_a_run):
+    # a reader (status) is kept out by a writer: not told that "a sync needs the file to itself"
+    orchestrate.run(settings(tmp_path, api.base_url))
+    warehouse = tmp_path / "warehouse" / "customers.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(warehouse), "30", "read_write"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        if holder_is_a_run:  # what RunLock writes for the run holding it
+            Path(f"{warehouse}.lock").write_text(f"pid {holder.pid} (extract build export) since 2026-11-27T12:00:00Z")
+        result = run_cli("status", "--warehouse", str(warehouse), "--lock-timeout", "0.5")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    if holder_is_a_run:
+        assert error_lines(result.stderr) == [
+            f"error: warehouse {warehouse} is being written by the pipeline (PID {holder.pid}, (extract build "
+            "export) since 2026-11-27T12:00:00Z) and was not released within 0.5s: run again when it has "
+            "finished, or raise --lock-timeout"], result.stderr
+    else:
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and "is open for writing in " in errors[0] and f"PID {holder.pid}" in errors[0]
+        assert "a sync needs" not in errors[0]
+
+
 @pytest.mark.parametrize("mode", ["read_write", "read_only"])
 def test_the_warehouse_is_seen_as_held_without_being_opened(tmp_path, mode):
     # page 1 is asked for while the warehouse opens only when it should open at once; the

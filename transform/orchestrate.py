@@ -166,7 +166,11 @@ def _close_dead_runs(con) -> None:
         set status = 'failed',
             failed_stage = coalesce(failed_stage, 'interrupted'),
             error = 'the process running it died before it finished (killed or crashed)',
-            finished_at = coalesce(finished_at, now()),
+            -- when it was last seen at work (not now, when it is found dead): its duration stays true
+            finished_at = coalesce(finished_at,
+                                   greatest(extracted_at, (select max(fetched_at) from raw.api_pages p
+                                                           where p.run_id = runs.run_id)),
+                                   started_at),
             pages_landed = (select count(*) from raw.api_pages p where p.run_id = runs.run_id),
             records_landed = (select coalesce(sum(record_count), 0) from raw.api_pages p where p.run_id = runs.run_id)
         where status = 'running'
@@ -749,7 +753,12 @@ def status(settings: Settings, limit: int = 5) -> dict:
         runs = fetch_dicts(con,
             """
             select run_id, status, started_at, finished_at, failed_stage, error,
-                   pages_landed, records_landed, requests, retries, customers_exported, export_path
+                   -- a run that died before counting what it landed: counted now
+                   coalesce(pages_landed, (select count(*) from raw.api_pages p where p.run_id = runs.run_id))
+                       as pages_landed,
+                   coalesce(records_landed, (select sum(record_count) from raw.api_pages p
+                                             where p.run_id = runs.run_id)::bigint, 0) as records_landed,
+                   requests, retries, customers_exported, export_path
             from raw.runs order by run_id desc limit ?
             """,
             [limit],

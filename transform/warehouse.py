@@ -326,7 +326,7 @@ def connect(config: WarehouseConfig, read_only: bool = False) -> duckdb.DuckDBPy
             if "could not set lock" not in message.lower() and "conflicting lock" not in message.lower():
                 raise WarehouseError(_damaged_message(path, message)) from None
             if time.monotonic() >= deadline:
-                raise WarehouseError(_locked_message(path, message, config.lock_timeout)) from None
+                raise WarehouseError(_locked_message(path, message, config.lock_timeout, read_only)) from None
             time.sleep(0.25)
 
 
@@ -363,14 +363,32 @@ def opens_without_waiting(path: Path) -> bool:
         return False
 
 
-def _locked_message(path: Path, message: str, timeout: float) -> str:
+def _locked_message(path: Path, message: str, timeout: float, read_only: bool = False) -> str:
     holder = _LOCK_HOLDER.search(message)
     who = f"{holder['prog']} (PID {holder['pid']})" if holder else "another process"
+    run = _run_lock_holder(path)
+    if holder and run and run.startswith(f"pid {holder['pid']} "):  # the pipeline itself, at work
+        doing = run.split(" ", 2)[2]  # "(run) since 2026-11-27T12:00:00Z"
+        return (f"warehouse {path} is being written by the pipeline (PID {holder['pid']}, {doing}) and was not "
+                f"released within {timeout:g}s: run again when it has finished, or raise --lock-timeout")
+    if read_only:
+        return (f"warehouse {path} is open for writing in {who} and was not released within {timeout:g}s: "
+                "close that connection (in DBeaver: Disconnect; in the DuckDB CLI: .quit) and run again, "
+                "or raise --lock-timeout")
     return (
         f"warehouse {path} is open in {who} and was not released within {timeout:g}s: "
         "a sync needs the file to itself, and read-only connections hold it too; close that "
         "connection (in DBeaver: Disconnect; in the DuckDB CLI: .quit) and run again, or raise --lock-timeout"
     )
+
+
+def _run_lock_holder(path: Path) -> str | None:
+    """What the run lock says of the pipeline run holding it ("pid 123 (run) since ..."), if any."""
+    try:
+        with open(f"{path}.lock", encoding="utf-8", errors="replace") as lock:
+            return lock.read(512).strip() or None
+    except OSError:
+        return None
 
 
 def _damaged_message(path: Path, message: str) -> str:
