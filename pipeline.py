@@ -393,7 +393,19 @@ def _interrupt(signum, frame):
         raise KeyboardInterrupt()
 
 
-def main(argv=None) -> int:
+def _late_stop(signum, frame):
+    """Ctrl-C or SIGTERM once the command has finished, while Python closes DuckDB and its
+    threads: the default action would kill the process without a word (exit -2 or -15)."""
+    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print(f"error: {how} as the command was exiting; its outcome above stands", file=sys.stderr, flush=True)
+    os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+def main(argv=None, exiting: bool = False) -> int:
+    """The CLI. ``exiting``: the process ends when this returns (``python pipeline.py``): a stop
+    after the command is then reported, not left to the default action."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo-api"]:
         from extract.demo_api import main as demo_main
@@ -467,8 +479,8 @@ def main(argv=None) -> int:
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, _late_stop if exiting else previous_term)
+        signal.signal(signal.SIGINT, _late_stop if exiting else previous_int)
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
@@ -493,4 +505,4 @@ if __name__ == "__main__":
     for stream in (sys.stdout, sys.stderr):  # a path or name the terminal's encoding cannot show: escaped
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    sys.exit(main())
+    sys.exit(main(exiting=True))

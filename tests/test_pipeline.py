@@ -1046,6 +1046,47 @@ def test_a_checkpoint_that_fails_after_extract_alone_is_one_line_too(tmp_path, m
             orchestrate.run(settings(tmp_path, api.base_url), ("extract",))
 
 
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_while_the_process_exits_after_its_command_is_one_line(tmp_path, sig, code, said):
+    # the handlers were put back to the defaults when main() returned: a signal while Python closed
+    # DuckDB and its threads killed the process without a word (exit -15 or -2)
+    with DemoAPI(dataset="reqres", faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+    script = ("import os, signal, sys, time, pipeline\n"
+              f"code = pipeline.main(['status', '--warehouse', {str(tmp_path / 'warehouse' / 'customers.duckdb')!r}], "
+              "exiting=True)\n"
+              f"os.kill(os.getpid(), {int(sig)})\n"
+              "time.sleep(10)\n"
+              "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")})
+    assert result.returncode == code, result.stderr
+    assert "runs (newest first):" in result.stdout
+    assert error_lines(result.stderr) == [f"error: {said} as the command was exiting; its outcome above stands"]
+
+
+def test_a_stop_between_the_commit_and_the_finish_is_one_of_a_published_run(tmp_path, monkeypatch):
+    # a Ctrl-C that lands after the build's commit but before _finish handles stops (here: as
+    # _finish is entered) said "the last good warehouse and export are unchanged", and left the
+    # published run 'running'
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+
+        def stopped(self):
+            raise KeyboardInterrupt()
+
+        monkeypatch.setattr(orchestrate._Run, "_finish", stopped)
+        with pytest.raises(KeyboardInterrupt) as raised:
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert (raised.value.published_run, raised.value.exported) == (2, False)
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select distinct run_id from marts.dim_customers") == [(2,)]
+    assert rows(con, "select run_id, status, failed_stage from raw.runs order by 1") == [
+        (1, "succeeded", None), (2, "failed", "export")]
+    con.close()
+
+
 def test_a_stop_during_the_rollback_of_a_failed_commit_is_the_stop_reported(tmp_path, monkeypatch, capsys):
     # a commit that failed, and Ctrl-C while it was rolled back: the stop was held and then lost
     # (exit 1), and stayed held for the next run in the process

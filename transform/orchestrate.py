@@ -363,6 +363,7 @@ class _Run:
         self.published_before = False  # `build` alone, of a run whose rows the marts already hold
         self.completed = False  # the run's final row is written
         self.client = self.first_page = self.stager = self.prepared = self.project = self.con = None
+        self.runner: Runner | None = None
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         if self.run_id is not None and not self.published_before:
@@ -382,6 +383,16 @@ class _Run:
         finally:
             forget_deferred()  # held back and never raised: it does not outlive this run
 
+    def _stopped_after_publish(self, exc: BaseException) -> BaseException:
+        """``exc``; a stop that came between the build's commit and what ``_finish`` handles
+        (the build's last lines, the call) is a stop of a published run, recorded and told so."""
+        stop = as_interrupt(exc)
+        committed = self.runner is not None and self.runner.committed
+        if isinstance(stop, KeyboardInterrupt) and committed and not hasattr(stop, "published_run"):
+            self._fail("export" if "export" in self.steps else "checkpoint", stop)
+            stop.published_run, stop.exported = self.run_id, False
+        return stop
+
     def _run(self) -> RunSummary:
         started = time.monotonic()
         settings, steps = self.settings, self.steps
@@ -399,9 +410,15 @@ class _Run:
                     # `build` after `extract`: the build completes the run it publishes, as `run` would
                     # (its status, its meta rows); a run built before stays as it was, even if this fails
                     self.run_id, self.published_before = _extracted_not_built(self.con)
-                if "build" in steps:
-                    self._build()
-                self._finish()
+                try:
+                    if "build" in steps:
+                        self._build()
+                    self._finish()
+                except BaseException as exc:
+                    stop = self._stopped_after_publish(exc)
+                    if stop is not exc:
+                        raise stop from None
+                    raise
             finally:
                 if self.prepared is not None:
                     self.prepared.discard()  # a run that failed after writing it: the last export stays
@@ -482,13 +499,15 @@ class _Run:
             drop_landing_tables(con, by_page_models(project))
         self.progress.line("build: models and data tests")
         self.writing_export = False
+        self.runner = Runner(con, project, self.run_id, log=self.progress.line,
+                             staged=_staged_tables(self.stager, self.progress) if self.stager else None)
         try:
-            result = Runner(con, project, self.run_id, log=self.progress.line,
-                            staged=_staged_tables(self.stager, self.progress) if self.stager else None,
-                            ).build_and_publish(force=settings.full_refresh,
-                                                before_commit=self._write_export if "export" in self.steps else None)
+            result = self.runner.build_and_publish(
+                force=settings.full_refresh, before_commit=self._write_export if "export" in self.steps else None)
         except BaseException as exc:
             stop = as_interrupt(exc)
+            if self.runner.committed:  # published: _run says so (_stopped_after_publish)
+                raise
             self._fail("export" if self.writing_export else "build", stop)
             if stop is not exc:
                 raise stop from None

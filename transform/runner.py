@@ -118,6 +118,7 @@ class Runner:
         # change detection), never inside it: the transaction would not see what the stager
         # commits after its start.
         self._staged = staged
+        self.committed = False  # the build's transaction is committed: what it built is published
 
     def _source_states(self) -> dict:
         """The latest extracted run and content hashes of the raw pages models read, in one query."""
@@ -197,7 +198,10 @@ class Runner:
             crash_point("before-publish")
             with signals_deferred():  # a commit is not cut in two: a stop meanwhile comes after it
                 self.con.execute("commit")
+                self.committed = True
         except BaseException as exc:
+            if self.committed:  # a stop as the commit ended: there is nothing to roll back
+                raise
             with signals_deferred():  # nor the rollback
                 self.con.execute("rollback")
                 self._record_failure(results, tests, states, building, exc)
