@@ -220,7 +220,18 @@ def validate_page_body(text: str) -> dict:
         raise TransientError("the body has no 'data' key")
     if payload["data"] is not None and not isinstance(payload["data"], list):
         raise TransientError("the body's 'data' is not a list")
+    if text.count('"data"') > 1 and _top_level_keys(text).count("data") > 1:
+        # Python keeps the last 'data', DuckDB (which stages the records) the first: the run
+        # would count one list and publish the other
+        raise TransientError("the body has its 'data' key twice")
     return payload
+
+
+def _top_level_keys(text: str) -> list[str]:
+    """The keys of a JSON object's top level, repeats included (json.loads keeps the last)."""
+    objects: list[list] = []
+    json.loads(text, object_pairs_hook=lambda pairs: objects.append(pairs) or dict(pairs))
+    return [key for key, _ in objects[-1]] if objects else []  # the outermost object ends last
 
 
 def _lone_surrogate(payload) -> str | None:

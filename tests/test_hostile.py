@@ -163,14 +163,16 @@ def test_a_page_that_keeps_a_lone_surrogate_fails_naming_it_without_record_conte
 
 
 @pytest.mark.parametrize("body", ['{"data": [{"id": 1, "first_name": "\\uDC00"}]}', '{"\\ud800": 1, "data": []}',
-                                  '{"data": ' + "[" * 200_000, '{"data": ' + "[" * 200_000 + "]" * 200_000 + "}"])
+                                  '{"data": ' + "[" * 200_000, '{"data": ' + "[" * 200_000 + "]" * 200_000 + "}",
+                                  '{"data": [{"id": 1}], "page": 1, "data": [{"id": 2}, {"id": 3}]}'])
 def test_bodies_python_parses_but_duckdb_would_not_land_are_retried_then_fail(body):
     from extract.client import ApiClient
     from conftest import FAST_RETRY
 
     with ScriptedAPI(lambda r: (200, {}, body)) as api:
         with pytest.raises(ApiError, match=r"^page 1: gave up after \d+ attempts, last: the body (holds a lone "
-                                           r"UTF-16 surrogate escape \(\\ud[8c]00\)|is nested too deeply)"):
+                                           r"UTF-16 surrogate escape \(\\ud[8c]00\)|is nested too deeply|"
+                                           r"has its 'data' key twice)"):
             ApiClient(api.base_url, 6, policy=FAST_RETRY, sleep=lambda s: None).get_page(1)
         assert len(api.requests) == FAST_RETRY.attempts
 
