@@ -1087,6 +1087,37 @@ def test_a_stop_between_the_commit_and_the_finish_is_one_of_a_published_run(tmp_
     con.close()
 
 
+def test_a_stop_once_the_run_is_recorded_done_leaves_it_succeeded(tmp_path, monkeypatch):
+    # a stop while the docs page is written (after the run's final row): the run succeeded
+    from transform import docs as docs_mod
+
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        def stopped(*args, **kwargs):
+            raise KeyboardInterrupt()
+
+        monkeypatch.setattr(docs_mod, "write_page", stopped)
+        with pytest.raises(KeyboardInterrupt) as raised:
+            orchestrate.run(settings(tmp_path, api.base_url))
+    assert (raised.value.published_run, raised.value.exported, raised.value.completed) == (1, True, True)
+    con = duckdb.connect(str(tmp_path / "warehouse" / "customers.duckdb"), read_only=True)
+    assert rows(con, "select status, failed_stage from raw.runs") == [("succeeded", None)]
+    con.close()
+
+
+def test_a_stop_right_after_build_alone_commits_names_the_run_it_published(tmp_path, monkeypatch):
+    # `build` of the published run again: no run of its own, so the stop named none ("unchanged")
+    with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
+        orchestrate.run(settings(tmp_path, api.base_url))
+
+    def stopped(self):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(orchestrate._Run, "_finish", stopped)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        orchestrate.run(settings(tmp_path, "http://127.0.0.1:9/api", full_refresh=True), ("build",))
+    assert raised.value.published_run == 1
+
+
 def test_a_stop_during_the_rollback_of_a_failed_commit_is_the_stop_reported(tmp_path, monkeypatch, capsys):
     # a commit that failed, and Ctrl-C while it was rolled back: the stop was held and then lost
     # (exit 1), and stayed held for the next run in the process

@@ -388,9 +388,11 @@ class _Run:
         (the build's last lines, the call) is a stop of a published run, recorded and told so."""
         stop = as_interrupt(exc)
         committed = self.runner is not None and self.runner.committed
-        if isinstance(stop, KeyboardInterrupt) and committed and not hasattr(stop, "published_run"):
+        if isinstance(stop, KeyboardInterrupt) and committed and not self.completed \
+                and not hasattr(stop, "published_run"):
             self._fail("export" if "export" in self.steps else "checkpoint", stop)
-            stop.published_run, stop.exported = self.run_id, False
+            # `build` alone of the published run has no run of its own: the runner names it
+            stop.published_run, stop.exported = self.runner.run_id, False
         return stop
 
     def _run(self) -> RunSummary:
