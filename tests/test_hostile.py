@@ -164,7 +164,8 @@ def test_a_page_that_keeps_a_lone_surrogate_fails_naming_it_without_record_conte
 
 @pytest.mark.parametrize("body", ['{"data": [{"id": 1, "first_name": "\\uDC00"}]}', '{"\\ud800": 1, "data": []}',
                                   '{"data": ' + "[" * 200_000, '{"data": ' + "[" * 200_000 + "]" * 200_000 + "}",
-                                  '{"data": [{"id": 1}], "page": 1, "data": [{"id": 2}, {"id": 3}]}'])
+                                  '{"data": [{"id": 1}], "page": 1, "data": [{"id": 2}, {"id": 3}]}',
+                                  '{"data": [{"id": 1}], "d\\u0061ta": [{"id": 2}, {"id": 3}]}'])
 def test_bodies_python_parses_but_duckdb_would_not_land_are_retried_then_fail(body):
     from extract.client import ApiClient
     from conftest import FAST_RETRY
