@@ -978,6 +978,14 @@ def _wrap_connections(monkeypatch, execute) -> None:
     monkeypatch.setattr(orchestrate, "connect", lambda *a, **k: Wrapped(real_connect(*a, **k)))
 
 
+def _stop_entering_finish(monkeypatch) -> None:
+    """A Ctrl-C as the run enters _finish: after the build's commit, before the export."""
+    def stopped(self):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(orchestrate._Run, "_finish", stopped)
+
+
 def _second_run_with(tmp_path, monkeypatch, execute, raises):
     """A first run, then a second whose statements go through ``execute``: what the second raised."""
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
@@ -1072,11 +1080,7 @@ def test_a_stop_between_the_commit_and_the_finish_is_one_of_a_published_run(tmp_
     # published run 'running'
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
-
-        def stopped(self):
-            raise KeyboardInterrupt()
-
-        monkeypatch.setattr(orchestrate._Run, "_finish", stopped)
+        _stop_entering_finish(monkeypatch)
         with pytest.raises(KeyboardInterrupt) as raised:
             orchestrate.run(settings(tmp_path, api.base_url))
     assert (raised.value.published_run, raised.value.exported) == (2, False)
@@ -1108,11 +1112,7 @@ def test_a_stop_right_after_build_alone_commits_names_the_run_it_published(tmp_p
     # `build` of the published run again: no run of its own, so the stop named none ("unchanged")
     with DemoAPI(dataset="scale", customers=30, duplicate_rate=0, faults="none") as api:
         orchestrate.run(settings(tmp_path, api.base_url))
-
-    def stopped(self):
-        raise KeyboardInterrupt()
-
-    monkeypatch.setattr(orchestrate._Run, "_finish", stopped)
+    _stop_entering_finish(monkeypatch)
     with pytest.raises(KeyboardInterrupt) as raised:
         orchestrate.run(settings(tmp_path, "http://127.0.0.1:9/api", full_refresh=True), ("build",))
     assert raised.value.published_run == 1
