@@ -22,14 +22,25 @@ import traceback
 from pathlib import Path
 
 
-def _early_stop(signum, frame):
-    """Ctrl-C or SIGTERM while the modules load (DuckDB's takes ~0.1 s): nothing has started."""
-    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-    print(f"error: {how} while starting; nothing was done", file=sys.stderr, flush=True)
-    os._exit(143 if signum == signal.SIGTERM else 130)
+def _stop_said(terminated: bool) -> tuple[str, int]:
+    """How a stop is named on its line, and the exit code it gives: SIGTERM's or Ctrl-C's."""
+    return ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
 
 
-if __name__ == "__main__":  # before the imports below: main() puts its own handlers in place
+def _exit_on_stop(when: str):
+    """A handler for a stop outside the command's own (the modules loading, Python exiting):
+    one line saying ``when`` it came and what that means, the stop's exit code, at once."""
+    def handler(signum, frame):
+        how, code = _stop_said(signum == signal.SIGTERM)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            print(f"error: {how} {when}", file=sys.stderr, flush=True)
+        os._exit(code)
+    return handler
+
+
+if __name__ == "__main__":  # before the imports below (DuckDB's takes ~0.1 s): main() puts its own in place
+    _early_stop = _exit_on_stop("while starting; nothing was done")
     signal.signal(signal.SIGINT, _early_stop)
     signal.signal(signal.SIGTERM, _early_stop)
 
@@ -405,14 +416,8 @@ def _interrupt(signum, frame):
         raise KeyboardInterrupt()
 
 
-def _late_stop(signum, frame):
-    """Ctrl-C or SIGTERM once the command has finished, while Python closes DuckDB and its
-    threads: the default action would kill the process without a word (exit -2 or -15)."""
-    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        print(f"error: {how} as the command was exiting; its outcome above stands", file=sys.stderr, flush=True)
-    os._exit(143 if signum == signal.SIGTERM else 130)
+# once the command has finished: the default action would kill the process without a word
+_late_stop = _exit_on_stop("as the command was exiting; its outcome above stands")
 
 
 def main(argv=None, exiting: bool = False) -> int:
@@ -497,7 +502,7 @@ def main(argv=None, exiting: bool = False) -> int:
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """Ctrl-C or SIGTERM: one line saying what the stop left, exit 130 or 143."""
-    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    how, code = _stop_said(isinstance(exc, Terminated))
     run_id = getattr(exc, "published_run", None)  # set when the build had committed
     if run_id is None:
         print(f"error: {how}; the last good warehouse and export are unchanged", file=sys.stderr)
@@ -510,7 +515,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     else:
         print(f"error: {how} after run {run_id} was published; the last export is unchanged "
               "(`python pipeline.py export` writes the new one)", file=sys.stderr)
-    return 143 if isinstance(exc, Terminated) else 130
+    return code
 
 
 if __name__ == "__main__":

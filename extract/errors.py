@@ -100,6 +100,13 @@ def note_signal(kind: type[KeyboardInterrupt]) -> None:
     _signals.append(kind)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message up to its first line break (DuckDB's run on for lines), or its
+    class name when it has none."""
+    text = str(exc)
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 def as_interrupt(exc: BaseException) -> BaseException:
     """``exc``, or the interrupt it stands for.
 

@@ -84,6 +84,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (free when asked; the OS hands it out again
+    only after cycling through the others)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120):
     """Run ``python pipeline.py ARGS`` as a user would; returns CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}

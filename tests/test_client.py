@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import FAST_RETRY
+from conftest import FAST_RETRY, free_port
 from extract.client import ApiClient, RetryPolicy, backoff_seconds, parse_retry_after
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError
@@ -221,11 +221,7 @@ def test_a_redirect_to_another_host_takes_that_host_s_proxy_from_the_environment
     # the base host is in NO_PROXY, the redirect's host is not: requests' rule is that the
     # redirect goes through the proxy (here a closed port, so it cannot connect), even though
     # the session read the environment once, for the base URL
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed}")

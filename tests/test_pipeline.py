@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import FAST_RETRY, ROOT, dicts, error_lines, rows, run_cli, settings
+from conftest import FAST_RETRY, ROOT, dicts, error_lines, free_port, rows, run_cli, settings
 from extract.demo_api import DemoAPI, Fault
 from extract.errors import ApiError, UsageError
 from pipeline import run_pipeline
@@ -470,18 +470,10 @@ def test_demo_run_writes_export_and_warehouse_offline(tmp_path):
     assert "demo API serving on http://127.0.0.1:" in result.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_demo_run_killed_mid_extraction_resumes_with_demo(tmp_path):
     # --demo serves on the same port each time (when free), so its runs can be --resume'd; the
     # test's own port (PIPELINE_DEMO_PORT), so that a demo running on 8642 meanwhile is no matter
-    port = str(_free_port())
+    port = str(free_port())
     base = ["--demo", "--per-page", "10", "--warehouse", str(tmp_path / "w.duckdb"), "--output", str(tmp_path / "o.json")]
     killed = run_cli("run", *base, env={"PIPELINE_CRASH_AT": "mid-extract", "PIPELINE_DEMO_PORT": port})
     assert killed.returncode == -signal.SIGKILL
@@ -508,7 +500,7 @@ def test_a_summary_stdout_cannot_take_does_not_undo_a_good_run(tmp_path):
     # a terminal that cannot show é, or a stdout on a full disk: the run is done, and says so
     base = ["run", "--demo", "-q", "--warehouse", str(tmp_path / "w.duckdb")]
     ascii_run = run_cli(*base, "--output", str(tmp_path / "é.json"),
-                        env={"PYTHONIOENCODING": "ascii", "PIPELINE_DEMO_PORT": str(_free_port())})
+                        env={"PYTHONIOENCODING": "ascii", "PIPELINE_DEMO_PORT": str(free_port())})
     assert ascii_run.returncode == 0, ascii_run.stderr
     assert "-> " in ascii_run.stdout and "\\xe9.json" in ascii_run.stdout
     if not Path("/dev/full").is_char_device():
@@ -517,7 +509,7 @@ def test_a_summary_stdout_cannot_take_does_not_undo_a_good_run(tmp_path):
         result = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *base, "--output", str(tmp_path / "o.json")],
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
                                 env={**{k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")},
-                                     "PIPELINE_DEMO_PORT": str(_free_port())})
+                                     "PIPELINE_DEMO_PORT": str(free_port())})
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         "error: run 2 succeeded, but its summary could not be written to stdout (No space left on device)"], result.stderr

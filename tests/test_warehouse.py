@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import ROOT, SQL_DIR, dicts, error_lines, rows, run_cli, settings
+from conftest import ROOT, SQL_DIR, dicts, error_lines, free_port, rows, run_cli, settings
 from extract.demo_api import DemoAPI
 from extract.errors import DataTestError
 from transform import orchestrate
@@ -234,11 +234,7 @@ def test_history_first_and_last_seen_across_runs_and_keep_runs(tmp_path, api):
                       "bool_and(first_seen_at < last_seen_at) as ordered from marts.dim_customers")
     con.close()
     assert seen == [{"lo": 3, "hi": 3, "ordered": True}]
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on: run 4 fails before landing a page
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()  # nothing listens there: run 4 fails before landing a page
     with pytest.raises(Exception):
         orchestrate.run(settings(tmp_path, f"http://127.0.0.1:{closed}/api"))
     orchestrate.run(settings(tmp_path, api.base_url, keep_runs=2))

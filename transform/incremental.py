@@ -22,6 +22,8 @@ import threading
 
 import duckdb
 
+from extract.errors import first_line
+
 from .project import Model, Project
 from .warehouse import sql_literal
 
@@ -99,7 +101,7 @@ class PageStager:
                     continue
                 self._stage(batch, create=False)
         except Exception as exc:  # the build stages the run itself; the error is kept for the log
-            self.error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            self.error = first_line(exc)
         finally:
             self._done.set()
 

@@ -19,8 +19,8 @@ import duckdb
 
 from extract.client import ApiClient, RetryPolicy
 from extract.crashpoints import crash_point
-from extract.errors import (PipelineError, UsageError, WarehouseError, as_interrupt, forget_deferred,
-                            raise_deferred)
+from extract.errors import (PipelineError, UsageError, WarehouseError, as_interrupt, first_line,
+                            forget_deferred, raise_deferred)
 from extract.fetch import extract_run, in_thread, prefetch_first_page
 from extract.progress import Progress
 from extract.redact import redact, strip_userinfo, url_secrets
@@ -262,7 +262,7 @@ def _fail_run(con, run_id: int, stage: str, error: str) -> None:
 def _checkpoint_failed(exc: BaseException, warehouse, run_id: int | None, steps: tuple, exported: bool) -> str:
     """A checkpoint DuckDB could not write (a full disk): the commit is safe in the WAL, which
     DuckDB applies when the file is next opened; DuckDB's own words say why."""
-    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    reason = first_line(exc)
     for prefix in ("FATAL Error: ", "Failed to create checkpoint because of error: ", "IO Error: "):
         reason = reason.removeprefix(prefix)
     if run_id is not None and "build" in steps:

@@ -21,7 +21,7 @@ from typing import Callable
 import duckdb
 
 from extract.crashpoints import crash_point
-from extract.errors import DataTestError, ModelError, raise_deferred, signals_deferred
+from extract.errors import DataTestError, ModelError, first_line, raise_deferred, signals_deferred
 
 from .project import Model, Project
 from .warehouse import sql_literal, utcnow
@@ -324,7 +324,7 @@ class Runner:
         """After a rollback: what was built is rolled_back, the model that raised failed, the rest not_built."""
         try:
             self._record(results, tests, states, "rolled_back")
-            error = str(exc).splitlines()[0][:500] if str(exc) else exc.__class__.__name__
+            error = first_line(exc)[:500]
             attempted = {m.model for m in results}
             now = utcnow()
             _insert_rows(self.con, "meta.model_builds", [

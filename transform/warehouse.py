@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from extract.errors import RunLockedError, UsageError, WarehouseError
+from extract.errors import RunLockedError, UsageError, WarehouseError, first_line
 
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "meta")
 
@@ -171,7 +171,7 @@ def check_settings(config: WarehouseConfig) -> None:
         try:
             duckdb.connect(":memory:", config={option: value}).close()
         except duckdb.Error as exc:
-            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            first = first_line(exc)
             if "not a known DuckDB version" in first:
                 first = "not a DuckDB storage version; give one like v1.0.0 or v1.2.0, or latest"
             raise UsageError(f"{flag} {value}: DuckDB does not accept it ({first[:200]})") from None
